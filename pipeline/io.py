@@ -1,0 +1,89 @@
+"""Crash-safe file output: every file the pipeline writes appears complete or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it is renamed onto `path` (atomic on POSIX).
+
+    The temporary name starts with '.tmp' and keeps the target's suffix (tools such as ffmpeg pick the
+    container from it). If the body raises, the temporary file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Atomically write `data` as indented, key-sorted JSON (stable diffs for DVC metrics)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """Atomically write a compressed .npz that is byte-identical for identical arrays.
+
+    `np.savez_compressed` stamps each zip member with the current time, so rerunning a stage would change
+    every output's hash (and DVC would see new data). Here members get a fixed timestamp and sorted order.
+    The file loads with plain `np.load`.
+    """
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_FIXED_ZIP_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(arrays[name]), allow_pickle=False)
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load every array of an .npz into memory (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete '.tmp*' leftovers of a killed run under `folder`; returns how many were removed."""
+    n = 0
+    for p in Path(folder).rglob(".tmp*"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    return n
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return o.as_posix()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,441 @@
+"""Media I/O for the preprocessing stage: probe, read audio (ffmpeg), read video (decord), write video (ffmpeg).
+
+Every failure that is the input file's fault raises :class:`MediaError`, which names the file and carries a short
+machine-readable ``reason`` (see :data:`MEDIA_ERROR_REASONS`) that preprocessing writes to the manifest as the
+rejection reason.
+
+Video is resampled to the pipeline frame rate by presentation timestamps, never by "every n-th frame": output
+frame k shows the source frame on screen at time ``k / fps`` (measured from the first frame), so 24/30/60 fps and
+variable-frame-rate inputs all map to the same clock as the audio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import decord
+import ffmpeg  # ffmpeg-python
+import numpy as np
+
+from pipeline.audio import FPS, SAMPLE_RATE
+
+# Reasons a MediaError can carry (manifest rejection codes).
+MEDIA_ERROR_REASONS = (
+    "not_found",  # the path does not exist
+    "unreadable",  # exists but cannot be opened (permissions, not a media file ffprobe recognises)
+    "corrupt",  # container damaged: truncated, missing index (moov atom), invalid data
+    "no_video_stream",
+    "no_audio_stream",
+    "too_short",
+    "decode_error",  # container opened but decoding frames/samples failed
+)
+
+TIMESTAMP_TOLERANCE_S = 1e-3  # s; container time bases round timestamps (mkv: 1 ms), a frame this early is "on time"
+DEFAULT_CRF = 15  # libx264 constant rate factor, visually near-lossless
+DEFAULT_PRESET = "medium"  # libx264 preset
+DEFAULT_AUDIO_BITRATE = "192k"  # AAC
+# decord raises DECORDError from its C++ checks, and a plain RuntimeError when it cannot open a file.
+_DECORD_ERRORS = (decord.DECORDError, RuntimeError)
+
+
+class MediaError(Exception):
+    """A media file cannot be used; ``reason`` is one of :data:`MEDIA_ERROR_REASONS`."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, detail: str = "") -> None:
+        if reason not in MEDIA_ERROR_REASONS:
+            raise ValueError(f"unknown MediaError reason {reason!r}; expected one of {MEDIA_ERROR_REASONS}")
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across multiprocessing workers
+        return (type(self), (self.path, self.reason, self.detail))
+
+
+def _require(binary: str) -> str:
+    found = shutil.which(binary)
+    if found is None:
+        raise RuntimeError(f"{binary} not found on PATH; install ffmpeg (Debian: apt-get install -y ffmpeg)")
+    return found
+
+
+def _last_meaningful_line(stderr: bytes | str | None) -> str:
+    """Last non-empty stderr line that is not ffmpeg's generic trailer, for error messages."""
+    if not stderr:
+        return ""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    generic = ("Conversion failed!", "Exiting normally")
+    for line in reversed(lines):
+        if not line.startswith(generic):
+            return line
+    return lines[-1] if lines else ""
+
+
+def _reason_from_stderr(message: str, default: str) -> str:
+    low = message.lower()
+    if "no such file" in low:
+        return "not_found"
+    if "permission denied" in low:
+        return "unreadable"
+    if any(s in low for s in ("moov atom not found", "invalid data found", "end of file", "truncat", "corrupt")):
+        return "corrupt"
+    return default
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probe
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says about a file. Video fields are None when there is no video stream, audio fields likewise.
+
+    Attributes:
+        path: the probed file.
+        duration: seconds (container duration, else the longest stream's); None if unknown.
+        width, height: pixels of the first video stream.
+        fps: average frame rate (``avg_frame_rate``; ``r_frame_rate`` or frames/duration when that is 0/0).
+        variable_fps: True when avg and real base frame rates disagree (VFR) — resample by timestamps.
+        n_frames: frame count from the stream header when the container stores it (mp4/mov), else None.
+        video_codec, audio_codec: codec names.
+        audio_sample_rate: Hz; audio_channels: count.
+    """
+
+    path: str
+    duration: float | None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    variable_fps: bool = False
+    n_frames: int | None = None
+    video_codec: str | None = None
+    audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    audio_codec: str | None = None
+
+    @property
+    def has_video(self) -> bool:
+        return self.width is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_sample_rate is not None
+
+
+def _rate(text: str | None) -> float | None:
+    """'30000/1001' -> 29.97; '0/0', '', None -> None."""
+    if not text:
+        return None
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(value) if value > 0 else None
+
+
+def _float(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Probe a media file with ffprobe (``ffmpeg.probe``).
+
+    Raises:
+        MediaError: ``not_found``, ``unreadable`` or ``corrupt`` with ffprobe's last meaningful stderr line.
+    """
+    _require("ffprobe")
+    path = str(path)
+    if not os.path.exists(path):
+        raise MediaError(path, "not_found")
+    try:
+        data = ffmpeg.probe(path)
+    except ffmpeg.Error as err:
+        line = _last_meaningful_line(err.stderr)
+        raise MediaError(path, _reason_from_stderr(line, "unreadable"), line) from err
+    streams = data.get("streams", [])
+    fmt = data.get("format", {})
+    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None and audio is None:
+        raise MediaError(path, "unreadable", "no audio or video stream")
+
+    durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in (video, audio) if s]
+    known = [d for d in durations if d is not None]
+    info: dict[str, Any] = {"path": path, "duration": known[0] if known else None}
+    if video is not None:
+        avg = _rate(video.get("avg_frame_rate"))
+        real = _rate(video.get("r_frame_rate"))
+        n_frames = int(video["nb_frames"]) if str(video.get("nb_frames", "")).isdigit() else None
+        fps = avg or real
+        if fps is None and n_frames and info["duration"]:
+            fps = n_frames / info["duration"]
+        info.update(
+            width=int(video["width"]),
+            height=int(video["height"]),
+            fps=fps,
+            variable_fps=bool(avg and real and abs(avg - real) > 1e-3 * real),
+            n_frames=n_frames or None,
+            video_codec=video.get("codec_name"),
+        )
+    if audio is not None:
+        info.update(
+            audio_sample_rate=int(audio["sample_rate"]) if audio.get("sample_rate") else None,
+            audio_channels=int(audio["channels"]) if audio.get("channels") else None,
+            audio_codec=audio.get("codec_name"),
+        )
+    return MediaInfo(**info)
+
+
+def _is_cover_art(stream: dict[str, Any]) -> bool:
+    """Embedded album art in m4a/mp3 shows up as a one-frame 'video' stream."""
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def check_duration(info: MediaInfo, min_seconds: float) -> None:
+    """Raise ``MediaError(reason='too_short')`` when the file is shorter than ``min_seconds`` (or of unknown length)."""
+    if info.duration is None or info.duration < min_seconds:
+        have = "unknown" if info.duration is None else f"{info.duration:.3f} s"
+        raise MediaError(info.path, "too_short", f"{have} < {min_seconds:.3f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------------------------------------------
+def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream, downmixed to mono and resampled by ffmpeg.
+
+    Returns:
+        (S,) float32 mono at ``sample_rate`` Hz.
+
+    Raises:
+        MediaError: ``no_audio_stream``, ``decode_error`` (or a probe reason).
+    """
+    info = probe(path)
+    if not info.has_audio:
+        raise MediaError(path, "no_audio_stream")
+    try:
+        out, _ = (
+            ffmpeg.input(str(path))
+            .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+            .run(capture_stdout=True, capture_stderr=True)
+        )
+    except ffmpeg.Error as err:
+        line = _last_meaningful_line(err.stderr)
+        raise MediaError(path, _reason_from_stderr(line, "decode_error"), line) from err
+    wav = np.frombuffer(out, dtype="<f4").astype(np.float32)  # copy: frombuffer is read-only
+    if wav.size == 0:
+        raise MediaError(path, "decode_error", "audio stream decoded to 0 samples")
+    return wav
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VideoFrames:
+    """Frames resampled to a fixed rate.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB.
+        fps: frame rate of ``frames`` (the target rate).
+        source_fps: average frame rate of the source file.
+        source_indices: (T,) int64, the source frame shown at each output frame.
+        start: index of the first output frame within the whole resampled clip (0 unless from a chunk iterator).
+    """
+
+    frames: np.ndarray
+    fps: float
+    source_fps: float
+    source_indices: np.ndarray
+    start: int = 0
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def resample_indices(frame_starts: np.ndarray, clip_end: float, fps: float) -> np.ndarray:
+    """Source frame index on screen at each output time ``k / fps``, times relative to the first frame.
+
+    Args:
+        frame_starts: (N,) presentation start time of each source frame, seconds, in decode order.
+        clip_end: end of the last source frame (its start + its duration), seconds.
+        fps: target frame rate.
+
+    Returns:
+        (T,) int64, T = ceil((clip_end - frame_starts[0]) * fps) (at least 1), non-decreasing.
+    """
+    starts = np.asarray(frame_starts, dtype=np.float64) - frame_starts[0]  # (N,)
+    duration = float(clip_end - frame_starts[0])
+    n_out = max(1, math.ceil(duration * fps - TIMESTAMP_TOLERANCE_S * fps))
+    times = np.arange(n_out) / fps  # (T,)
+    # A frame is shown from its start until the next frame's start. Sort by start in case of odd decode orders.
+    order = np.argsort(starts, kind="stable")
+    chosen = np.searchsorted(starts[order], times + TIMESTAMP_TOLERANCE_S, side="right") - 1  # (T,)
+    return order[np.clip(chosen, 0, starts.size - 1)].astype(np.int64)
+
+
+def _decord_message(err: BaseException) -> str:
+    """decord messages start with a C++ source location and run long; keep the first line, shortened."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+class _VideoSource:
+    """An open decord reader plus the resampling plan of one file."""
+
+    def __init__(self, path: str, fps: float) -> None:
+        self.path = path
+        info = probe(path)
+        if not info.has_video:
+            raise MediaError(path, "no_video_stream")
+        self.info = info
+        # Non-ASCII file names (clip_é_日本.mp4) open fine: decord passes the name as UTF-8 (tested).
+        try:
+            self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            n = len(self.reader)
+            stamps = np.asarray(self.reader.get_frame_timestamp(np.arange(n)), dtype=np.float64) if n else None
+        except _DECORD_ERRORS as err:  # decord raises DECORDError, or RuntimeError when it cannot open the file
+            raise MediaError(path, "decode_error", _decord_message(err)) from err
+        if stamps is None:
+            raise MediaError(path, "decode_error", "decord found 0 frames")
+        self.source_fps = float(info.fps or self.reader.get_avg_fps())
+        self.indices = resample_indices(stamps[:, 0], float(stamps[-1, 1]), fps)  # (T,)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Decode source frames ``indices`` -> (n, H, W, 3) uint8."""
+
+        unique, inverse = np.unique(indices, return_inverse=True)
+        try:
+            batch = self.reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3)
+        except _DECORD_ERRORS as err:
+            raise MediaError(self.path, "decode_error", _decord_message(err)) from err
+        if batch.shape[0] != unique.size or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise MediaError(self.path, "decode_error", f"decord returned shape {batch.shape}")
+        return batch[inverse] if unique.size != indices.size else batch
+
+    def close(self) -> None:
+        self.reader = None  # decord releases the decoder when the reader is collected
+
+
+def read_video(path: str | os.PathLike[str], fps: float = FPS) -> VideoFrames:
+    """Decode a whole video, resampled to ``fps`` by timestamps (see :func:`resample_indices`).
+
+    Raises:
+        MediaError: ``no_video_stream``, ``decode_error`` (decord failed, e.g. a truncated file), or a probe reason.
+    """
+    source = _VideoSource(str(path), fps)
+    try:
+        frames = source.get(source.indices)  # (T, H, W, 3)
+    finally:
+        source.close()
+    return VideoFrames(frames=frames, fps=float(fps), source_fps=source.source_fps, source_indices=source.indices)
+
+
+def iter_video_chunks(path: str | os.PathLike[str], fps: float = FPS, chunk: int = 64) -> Iterator[VideoFrames]:
+    """Like :func:`read_video` but yields consecutive chunks of at most ``chunk`` output frames (bounded memory).
+
+    Concatenating the chunks' frames equals ``read_video(path, fps).frames``; each chunk's ``start`` is the index
+    of its first frame in the resampled clip.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    source = _VideoSource(str(path), fps)
+    try:
+        for start in range(0, source.indices.size, chunk):
+            idx = source.indices[start : start + chunk]
+            yield VideoFrames(
+                frames=source.get(idx), fps=float(fps), source_fps=source.source_fps, source_indices=idx, start=start
+            )
+    finally:
+        source.close()
+
+
+def write_video(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    fps: float = FPS,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+    threads: int = 1,
+) -> None:
+    """Encode RGB frames (+ optional mono audio) as H.264 yuv420p + AAC, atomically.
+
+    ffmpeg reads raw frames from stdin and writes a temporary file in the destination folder, which is then
+    ``os.replace``-d onto ``path``, so readers never see a half-written video. With ``threads=1`` and bitexact flags
+    the output bytes are a function of the inputs only (same ffmpeg/x264 build).
+
+    Args:
+        path: destination; the container follows the suffix (.mp4, .mov, .mkv).
+        frames: (T, H, W, 3) uint8 RGB; H and W must be even (yuv420p subsamples chroma 2×2).
+        fps: frame rate.
+        audio: (S,) float mono in [-1, 1] at ``sample_rate``, or None for a silent video (no audio stream).
+        crf: libx264 constant rate factor (0 lossless ... 51); 15 is near-lossless.
+        preset: libx264 speed/size preset.
+        threads: encoder threads; 1 makes the output deterministic.
+
+    Raises:
+        ValueError: bad array shapes/dtypes.
+        RuntimeError: ffmpeg failed; the message names the file and includes ffmpeg's stderr.
+    """
+    ffmpeg_bin = _require("ffmpeg")
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
+        raise ValueError(f"{path}: expected (T, H, W, 3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
+    n, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        # Refuse rather than pad/crop silently: a size change would misalign boxes/landmarks stored for the clip.
+        raise ValueError(f"{path}: H.264 yuv420p needs even frame sizes, got {width}x{height}; crop or pad first")
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"{path}: expected mono audio of shape (S,), got {audio.shape}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".mp4")
+    os.close(fd)
+    with tempfile.TemporaryDirectory(prefix="tavce_audio_") as audio_dir:
+        cmd = [ffmpeg_bin, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+        cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+        if audio is not None:
+            audio_raw = os.path.join(audio_dir, "audio.f32le")
+            audio.astype("<f4").tofile(audio_raw)
+            cmd += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", audio_raw]
+        cmd += ["-map", "0:v:0"] + (["-map", "1:a:0"] if audio is not None else [])
+        cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", str(threads)]
+        # Tag the BT.601 matrix that swscale's rgb->yuv conversion uses, so decoders convert back consistently.
+        cmd += ["-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m"]
+        if audio is not None:
+            cmd += ["-c:a", "aac", "-b:a", DEFAULT_AUDIO_BITRATE]
+        cmd += ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+        if path.suffix.lower() in (".mp4", ".mov", ".m4v", ""):
+            cmd += ["-movflags", "+faststart"]
+        if not path.suffix:
+            cmd += ["-f", "mp4"]
+        cmd += [tmp_name]
+        try:
+            proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
+            if proc.returncode != 0:
+                stderr = proc.stderr.decode("utf-8", "replace").strip()
+                raise RuntimeError(f"{path}: ffmpeg failed (exit {proc.returncode}) writing {n} frames:\n{stderr}")
+            os.replace(tmp_name, path)
+        finally:
+            if os.path.exists(tmp_name):
+                os.remove(tmp_name)

@@ -1,0 +1,589 @@
+"""Preprocessing (SPEC §1–2): raw talking-head videos -> cropped 25 fps clips, landmarks, coefficients, audio features.
+
+Two passes:
+
+1. **Per clip** (expensive, parallel over clips, cached): probe, decode (decord) and resample to 25 fps,
+   audio to 16 kHz mono (ffmpeg), per-frame face detection and 68-point landmarks, box smoothing and one fixed
+   square crop per clip (FOMM/SadTalker style, so head motion stays visible), rigid pose by Procrustes, the
+   aligned expression residuals, and the three audio features. Writes the cropped clip
+   `clips/<id>.mp4` and a cache entry `cache/<id>.npz` keyed by a fingerprint of the raw file's bytes and the
+   pass-1 settings. A clip that fails is recorded with a reason and skipped.
+2. **Corpus** (cheap, always recomputed): speaker-disjoint split, the 64-component expression PCA basis fitted
+   on the train split (`expression_basis.npz`, a versioned artifact), the 73-d coefficients of every clip,
+   `features/<id>.npz`, `manifest.parquet`, `rejected.csv`.
+
+Rerunning after adding videos only runs pass 1 on new or changed files; pass 2 then rebuilds everything that
+depends on the corpus (split, basis, coefficients), so the outputs equal those of a clean run. Every file is
+written atomically (temp name + rename) and cache entries are written last, so a killed run leaves nothing a
+rerun would trust.
+
+The clip id is the video's path under the raw folder without its extension (`id00017/abc_0001`); the speaker
+is the first folder of that path (VoxCeleb2/HDTF layout), or the file stem for files directly in the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline import audio as audio_features
+from pipeline import media
+from pipeline.config import CommonConfig, to_dict
+from pipeline.faces import coeffs as coeffs_mod
+from pipeline.faces import crop as crop_mod
+from pipeline.faces.landmarks import FaceTrack, make_backend
+from pipeline.io import atomic_path, load_npz, remove_stale_temps, save_npz, write_json
+
+log = logging.getLogger(__name__)
+
+# Bump when pass-1 outputs change meaning, so stale cache entries are recomputed.
+CACHE_VERSION = 1
+VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions of *speakers* per split (SPEC §1: splits are by speaker)."""
+
+    train: float = 0.75
+    val: float = 0.125
+    test: float = 0.125
+
+    def validate(self) -> None:
+        fr = (self.train, self.val, self.test)
+        if min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """`preprocess` section of params.yaml.
+
+    Attributes:
+        backend: landmark backend, `mediapipe` (default, offline) or `face_alignment` (needs its weights).
+        face_alignment_landmarks: `2D` (2DFAN4) or `3D` (3DFAN4 + depth) for the face_alignment backend.
+        device: torch device for the face_alignment backend.
+        face_alignment_weights: folder holding the face_alignment weight files; null = the torch hub cache
+            (`$TORCH_HOME/hub/checkpoints`, resolved by the stage entry point).
+        workers: processes over clips (1 = in the main process).
+        extensions: video file extensions picked up under the raw folder.
+        min_duration_s: shorter clips are rejected (longest training window + margin).
+        max_duration_s: longer clips are rejected (memory); split long videos beforehand.
+        min_confidence: face detection score threshold.
+        min_face_fraction: reject a clip whose face is found in fewer frames than this fraction.
+        max_multi_face_fraction: reject a clip where a second face is found in more frames than this fraction.
+        box_smoothing_frames: temporal window (frames) of the box smoother.
+        crop_scale: crop side = this × the face box side (the box being the union of the clip's smoothed boxes).
+        expression_components: size of the PCA expression basis (64 in the SPEC layout).
+        crf: x264 quality of the cropped clips (lower = better; 15 is visually lossless).
+        split: speaker fractions per split.
+    """
+
+    backend: Literal["mediapipe", "face_alignment"] = "mediapipe"
+    face_alignment_landmarks: Literal["2D", "3D"] = "2D"
+    device: str = "cpu"
+    face_alignment_weights: str | None = None
+    workers: int = 2
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    min_duration_s: float = 1.2
+    max_duration_s: float = 600.0
+    min_confidence: float = 0.5
+    min_face_fraction: float = 0.8
+    max_multi_face_fraction: float = 0.2
+    box_smoothing_frames: int = 9
+    crop_scale: float = 1.8
+    expression_components: int = 64
+    crf: int = 15
+    split: SplitConfig = SplitConfig()
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if not 0 < self.min_duration_s < self.max_duration_s:
+            raise ValueError("need 0 < min_duration_s < max_duration_s")
+        if not 0 <= self.min_face_fraction <= 1 or not 0 <= self.max_multi_face_fraction <= 1:
+            raise ValueError("face fractions must be in [0, 1]")
+        if self.crop_scale < 1:
+            raise ValueError("crop_scale must be >= 1")
+        if not 0 <= self.crf <= 51:
+            raise ValueError("crf must be in 0..51")
+        if self.expression_components < 1:
+            raise ValueError("expression_components must be >= 1")
+
+    def pass1_fingerprint(self, common: CommonConfig) -> dict[str, Any]:
+        """The settings pass-1 outputs depend on (a change invalidates the cache)."""
+        d = to_dict(self)
+        for k in ("workers", "split", "expression_components", "extensions", "face_alignment_weights"):
+            d.pop(k)
+        return {"cache_version": CACHE_VERSION, "fps": common.fps, "sample_rate": common.sample_rate,
+                "image_size": common.image_size, **d}
+
+
+class ClipRejected(Exception):
+    """A clip that cannot be used, with a short machine-readable reason."""
+
+    def __init__(self, path: Path | str, reason: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    src: Path
+    clip_id: str
+    speaker: str
+
+
+@dataclass
+class ClipOutcome:
+    clip_id: str
+    src: str
+    status: Literal["done", "cached", "rejected"]
+    reason: str = ""
+    message: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Discovery
+
+
+def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> tuple[list[ClipJob], list[ClipOutcome]]:
+    """Find videos under `raw_dir` (nested folders); returns jobs and rejections for duplicate clip ids."""
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                   and not p.name.startswith("."))
+    jobs: list[ClipJob] = []
+    rejected: list[ClipOutcome] = []
+    seen: dict[str, Path] = {}
+    for p in files:
+        rel = p.relative_to(raw_dir)
+        clip_id = rel.with_suffix("").as_posix()
+        if clip_id in seen:
+            rejected.append(ClipOutcome(clip_id, rel.as_posix(), "rejected", "duplicate_id",
+                                        f"same clip id as {seen[clip_id].relative_to(raw_dir).as_posix()}"))
+            continue
+        seen[clip_id] = p
+        speaker = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        jobs.append(ClipJob(p, clip_id, speaker))
+    return jobs, rejected
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(src: Path, settings: dict[str, Any]) -> str:
+    blob = json.dumps({"file": file_digest(src), "settings": settings}, sort_keys=True)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pass 1: one clip
+
+
+def _interpolate_missing(landmarks: np.ndarray) -> np.ndarray:
+    """Fill frames without a face (NaN rows) by linear interpolation in time, holding the ends."""
+    t = landmarks.shape[0]
+    flat = landmarks.reshape(t, -1)  # (T, 68*3)
+    ok = ~np.isnan(flat).any(axis=1)
+    if ok.all():
+        return landmarks
+    idx = np.arange(t)
+    out = np.empty_like(flat)
+    for c in range(flat.shape[1]):
+        out[:, c] = np.interp(idx, idx[ok], flat[ok, c])
+    return out.reshape(landmarks.shape)
+
+
+def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: CommonConfig, backend: Any,
+                 fingerprint: str) -> ClipOutcome:
+    """Pass 1 for one video. Raises `ClipRejected` or `media.MediaError` for unusable input."""
+    src = job.src
+    info = media.probe(src)
+    if info.audio_sample_rate is None:
+        raise ClipRejected(src, "no_audio_stream", "has no audio track")
+    if info.duration is not None and info.duration > cfg.max_duration_s:
+        raise ClipRejected(src, "too_long", f"lasts {info.duration:.1f} s > max_duration_s {cfg.max_duration_s}")
+    wav = media.read_audio(src, sample_rate=common.sample_rate)  # (S,) float32 mono
+    video = media.read_video(src, fps=common.fps)
+    frames = video.frames  # (T, H, W, 3) uint8
+    n = frames.shape[0]
+    duration = n / common.fps
+    if duration < cfg.min_duration_s:
+        raise ClipRejected(src, "too_short", f"lasts {duration:.2f} s ({n} frames at {common.fps} fps) "
+                                             f"< min_duration_s {cfg.min_duration_s}")
+    track: FaceTrack = backend.process(frames)
+    found = track.scores > 0  # (T,)
+    face_fraction = float(found.mean())
+    if face_fraction == 0:
+        raise ClipRejected(src, "no_face", "no face found in any frame")
+    if face_fraction < cfg.min_face_fraction:
+        raise ClipRejected(src, "face_not_found", f"face found in {face_fraction:.0%} of frames "
+                                                  f"< min_face_fraction {cfg.min_face_fraction:.0%}")
+    multi = float((track.num_faces >= 2).mean())
+    if multi > cfg.max_multi_face_fraction:
+        raise ClipRejected(src, "multiple_faces", f"several faces in {multi:.0%} of frames "
+                                                  f"> max_multi_face_fraction {cfg.max_multi_face_fraction:.0%}")
+
+    h, w = frames.shape[1:3]
+    boxes = crop_mod.smooth_boxes(track.boxes, window=cfg.box_smoothing_frames)  # (T, 4)
+    crop = crop_mod.fixed_crop(boxes, (h, w), scale=cfg.crop_scale)
+    size = common.image_size
+    cropped = crop_mod.apply_crop(frames, crop, size)  # (T, S, S, 3)
+    del frames
+    lms = _interpolate_missing(track.landmarks)  # (T, 68, 3) in source pixels
+    lms = crop_mod.transform_landmarks(lms, crop, size).astype(np.float32)  # (T, 68, 3) in crop pixels
+    pose = coeffs_mod.fit_pose(lms, image_size=size)
+
+    feats = audio_features.compute_features(wav, common.sample_rate)
+
+    clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
+    media.write_video(clip_path, cropped, fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
+
+    meta = {
+        "clip_id": job.clip_id, "speaker": job.speaker, "source": str(src),
+        "source_fps": info.fps, "source_width": info.width, "source_height": info.height,
+        "source_duration_s": info.duration, "source_sample_rate": info.audio_sample_rate,
+        "source_channels": info.audio_channels,
+        "frames": n, "duration_s": duration, "face_fraction": face_fraction, "multi_face_fraction": multi,
+        "det_conf_mean": float(track.scores[found].mean()), "det_conf_min": float(track.scores[found].min()),
+        "crop": dataclasses.asdict(crop),
+    }
+    # The cache entry is written last: its presence (with a matching fingerprint) means the clip is complete.
+    save_npz(out_dir / "cache" / f"{job.clip_id}.npz",
+             fingerprint=np.array(fingerprint), meta=np.array(json.dumps(meta, sort_keys=True)),
+             landmarks=lms, boxes=track.boxes.astype(np.float32), scores=track.scores.astype(np.float32),
+             rotation=pose.rotation.astype(np.float32), translation=pose.translation.astype(np.float32),
+             scale=pose.scale.astype(np.float32), aligned=pose.aligned.astype(np.float32),
+             wav=wav.astype(np.float32), mel=feats.mel, mfcc=feats.mfcc, fbank=feats.fbank)
+    return ClipOutcome(job.clip_id, str(src), "done", frames=n, seconds=duration)
+
+
+def _cached(out_dir: Path, job: ClipJob, fingerprint: str) -> bool:
+    cache = out_dir / "cache" / f"{job.clip_id}.npz"
+    clip = out_dir / "clips" / f"{job.clip_id}.mp4"
+    if not cache.is_file() or not clip.is_file():
+        return False
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            return str(z["fingerprint"]) == fingerprint
+    except (OSError, ValueError, KeyError):  # unreadable or partial: recompute
+        return False
+
+
+def _rejection_cache_path(out_dir: Path, job: ClipJob) -> Path:
+    return out_dir / "cache" / f"{job.clip_id}.rejected.json"
+
+
+# Worker-process state: one landmark backend per process, created once.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, weights_dir: str | None,
+                 single_thread: bool) -> None:
+    if single_thread:
+        import cv2
+        import torch
+
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+    _WORKER["cfg"] = cfg
+    _WORKER["common"] = common
+    _WORKER["out_dir"] = out_dir
+    _WORKER["backend"] = make_backend(cfg.backend, min_confidence=cfg.min_confidence, weights_dir=weights_dir,
+                                      landmarks_type=cfg.face_alignment_landmarks, device=cfg.device)
+
+
+def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
+    job, fingerprint = args
+    cfg, common, out_dir = _WORKER["cfg"], _WORKER["common"], _WORKER["out_dir"]
+    rej_path = _rejection_cache_path(out_dir, job)
+    try:
+        return process_clip(job, out_dir, cfg, common, _WORKER["backend"], fingerprint)
+    except (ClipRejected, media.MediaError) as err:
+        reason, message = err.reason, str(err)
+    except Exception as err:  # noqa: BLE001 - one broken clip must never stop the corpus; the reason is kept
+        reason = f"error:{type(err).__name__}"
+        message = f"{job.src}: {err}"
+        log.debug("clip %s failed:\n%s", job.src, traceback.format_exc())
+    write_json(rej_path, {"fingerprint": fingerprint, "reason": reason, "message": message})
+    return ClipOutcome(job.clip_id, str(job.src), "rejected", reason, message)
+
+
+def _cached_outcome(out_dir: Path, job: ClipJob, fingerprint: str) -> ClipOutcome | None:
+    if _cached(out_dir, job, fingerprint):
+        return ClipOutcome(job.clip_id, str(job.src), "cached")
+    rej = _rejection_cache_path(out_dir, job)
+    if rej.is_file():
+        try:
+            data = json.loads(rej.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("fingerprint") == fingerprint:
+            return ClipOutcome(job.clip_id, str(job.src), "rejected", data["reason"], data["message"])
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pass 2: corpus
+
+
+def assign_splits(speakers: Sequence[str], split: SplitConfig, seed: int) -> dict[str, str]:
+    """Speaker -> 'train' | 'val' | 'test', a seeded permutation of the sorted speakers.
+
+    With at least 3 speakers, val and test each get at least one speaker when their fraction is > 0, and
+    train keeps at least one. With fewer, everything is train (a warning says so).
+    """
+    spk = sorted(set(speakers))
+    n = len(spk)
+    if n < 3:
+        if n:
+            log.warning("only %d speaker(s): every clip goes to the train split", n)
+        return {s: "train" for s in spk}
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(split.test * n)) if split.test > 0 else 0
+    n_val = max(1, round(split.val * n)) if split.val > 0 else 0
+    while n_test + n_val > n - 1:
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    out = {}
+    for rank, i in enumerate(order):
+        out[spk[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return out
+
+
+@dataclass
+class PreprocessSummary:
+    clips_in: int
+    clips_out: int
+    processed: int
+    cached: int
+    rejected: dict[str, int]
+    frames_processed: int
+    seconds_pass1: float
+    seconds_total: float
+    face_fraction_mean: float
+    splits: dict[str, int]
+
+    def metrics(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rejected_total"] = sum(self.rejected.values())
+        d["throughput_fps"] = self.frames_processed / self.seconds_pass1 if self.seconds_pass1 > 0 else 0.0
+        return d
+
+
+def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: PreprocessConfig,
+              common: CommonConfig) -> tuple[list[dict[str, Any]], Any]:
+    """Pass 2: split, expression basis, coefficients, feature files, manifest rows."""
+    import pandas as pd
+
+    ok_jobs = [j for j in jobs if j.clip_id in ok_ids]
+    splits = assign_splits([j.speaker for j in ok_jobs], cfg.split, common.seed)
+    caches = {j.clip_id: load_npz(out_dir / "cache" / f"{j.clip_id}.npz") for j in ok_jobs}
+
+    train_res = [coeffs_mod.expression_residuals(caches[j.clip_id]["aligned"])
+                 for j in ok_jobs if splits[j.speaker] == "train"]
+    if not train_res:
+        raise RuntimeError("no usable training clips: cannot fit the expression basis")
+    basis = coeffs_mod.ExpressionBasis.fit(np.concatenate(train_res), cfg.expression_components, seed=common.seed)
+    basis.save(out_dir / "expression_basis.npz")
+
+    rows = []
+    for j in ok_jobs:
+        c = caches[j.clip_id]
+        meta = json.loads(str(c["meta"]))
+        res = coeffs_mod.expression_residuals(c["aligned"])  # (T, 204)
+        coeffs = coeffs_mod.coefficients(basis.project(res), c["rotation"], c["translation"], c["scale"],
+                                         crop_center=_crop_center(meta))  # (T, 73)
+        feat_path = out_dir / "features" / f"{j.clip_id}.npz"
+        save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], mel=c["mel"],
+                 mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],
+                 fps=np.array(common.fps), sample_rate=np.array(common.sample_rate))
+        crop = meta["crop"]
+        rows.append({
+            "clip_id": j.clip_id, "speaker": j.speaker, "split": splits[j.speaker],
+            "clip_path": f"clips/{j.clip_id}.mp4", "features_path": f"features/{j.clip_id}.npz",
+            "source": Path(meta["source"]).name, "frames": meta["frames"], "duration_s": meta["duration_s"],
+            "fps": common.fps, "sample_rate": common.sample_rate, "image_size": common.image_size,
+            "source_fps": meta["source_fps"], "source_width": meta["source_width"],
+            "source_height": meta["source_height"], "source_sample_rate": meta["source_sample_rate"],
+            "source_channels": meta["source_channels"], "face_fraction": meta["face_fraction"],
+            "multi_face_fraction": meta["multi_face_fraction"], "det_conf_mean": meta["det_conf_mean"],
+            "det_conf_min": meta["det_conf_min"], "crop_x0": crop["x0"], "crop_y0": crop["y0"],
+            "crop_size": crop["size"],
+        })
+    manifest = pd.DataFrame(rows).sort_values("clip_id").reset_index(drop=True) if rows else pd.DataFrame()
+    return rows, manifest
+
+
+def _crop_center(meta: dict[str, Any]) -> tuple[float, float]:
+    crop = meta["crop"]
+    w, h = meta["source_width"], meta["source_height"]
+    return ((crop["x0"] + crop["size"] / 2) / w, (crop["y0"] + crop["size"] / 2) / h)
+
+
+def _remove_stale(out_dir: Path, keep_ids: set[str]) -> int:
+    """Delete outputs of clips whose raw video is gone, so the folder equals a clean run's."""
+    removed = 0
+    for sub, suffixes in (("clips", (".mp4",)), ("features", (".npz",)), ("cache", (".npz", ".rejected.json"))):
+        folder = out_dir / sub
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.rglob("*")):
+            if not f.is_file():
+                continue
+            rel = f.relative_to(folder).as_posix()
+            cid = next((rel[: -len(s)] for s in suffixes if rel.endswith(s)), None)
+            if cid is None or cid not in keep_ids:
+                f.unlink()
+                removed += 1
+        for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+    return removed
+
+
+def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: CommonConfig, *,
+                   weights_dir: str | None = None, progress: bool = True,
+                   on_clip: Callable[[ClipOutcome], None] | None = None) -> PreprocessSummary:
+    """Run both passes over every video under `raw_dir`, writing into `out_dir`.
+
+    Args:
+        raw_dir: folder of raw videos (nested folders allowed).
+        out_dir: output folder (clips/, features/, cache/, manifest.parquet, rejected.csv, expression_basis.npz).
+        weights_dir: folder with face_alignment weights (only for that backend).
+        progress: show a progress bar.
+        on_clip: called with each clip's outcome as it completes.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"raw video folder not found: {raw_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_tmp = remove_stale_temps(out_dir)
+    if n_tmp:
+        log.info("removed %d temporary file(s) left by an interrupted run", n_tmp)
+
+    jobs, outcomes = discover(raw_dir, cfg.extensions)
+    settings = cfg.pass1_fingerprint(common)
+    todo: list[tuple[ClipJob, str]] = []
+    for job in jobs:
+        fp = _fingerprint(job.src, settings)
+        cached = _cached_outcome(out_dir, job, fp)
+        if cached is None:
+            todo.append((job, fp))
+        else:
+            outcomes.append(cached)
+    log.info("%d video(s) under %s: %d to process, %d cached", len(jobs), raw_dir, len(todo), len(jobs) - len(todo))
+
+    t1 = time.perf_counter()
+    new: list[ClipOutcome] = []
+    bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress or not todo)
+    workers = min(cfg.workers, max(1, len(todo)))
+    init_args = (cfg, common, out_dir, weights_dir, workers > 1)
+    try:
+        if workers == 1:
+            _init_worker(*init_args)
+            try:
+                for item in todo:
+                    new.append(_run_job(item))
+                    _report(new[-1], bar, on_clip)
+            finally:
+                backend = _WORKER.pop("backend", None)
+                if backend is not None:
+                    backend.close()
+        elif todo:
+            ctx = mp.get_context("spawn")  # mediapipe/torch/decord threads do not survive fork safely
+            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+                for outcome in pool.imap_unordered(_run_job, todo):
+                    new.append(outcome)
+                    _report(outcome, bar, on_clip)
+    finally:
+        bar.close()
+    seconds_pass1 = time.perf_counter() - t1
+    outcomes.extend(new)
+
+    ok_ids = {o.clip_id for o in outcomes if o.status in ("done", "cached")}
+    all_ids = {j.clip_id for j in jobs}
+    n_removed = _remove_stale(out_dir, all_ids)
+    if n_removed:
+        log.info("removed %d output file(s) of videos no longer under %s", n_removed, raw_dir)
+    # Rejected clips must not keep outputs from an earlier successful run.
+    for o in outcomes:
+        if o.status == "rejected":
+            for p in (out_dir / "clips" / f"{o.clip_id}.mp4", out_dir / "features" / f"{o.clip_id}.npz",
+                      out_dir / "cache" / f"{o.clip_id}.npz"):
+                p.unlink(missing_ok=True)
+
+    rows, manifest = _finalize(out_dir, jobs, ok_ids, cfg, common) if ok_ids else ([], pd.DataFrame())
+    with atomic_path(out_dir / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp, index=False)
+    rejected = sorted((o for o in outcomes if o.status == "rejected"), key=lambda o: o.clip_id)
+    rej_df = pd.DataFrame([{"clip_id": o.clip_id, "source": Path(o.src).name, "reason": o.reason,
+                            "message": _relative_message(o.message, raw_dir)} for o in rejected],
+                          columns=["clip_id", "source", "reason", "message"])
+    with atomic_path(out_dir / "rejected.csv") as tmp:
+        rej_df.to_csv(tmp, index=False)
+    for o in rejected:
+        log.warning("rejected %s [%s]: %s", o.clip_id, o.reason, _relative_message(o.message, raw_dir))
+
+    done = [o for o in new if o.status == "done"]
+    return PreprocessSummary(
+        clips_in=len(jobs) + sum(1 for o in outcomes if o.reason == "duplicate_id"),
+        clips_out=len(rows),
+        processed=len(done),
+        cached=sum(1 for o in outcomes if o.status == "cached"),
+        rejected=dict(sorted(Counter(o.reason for o in rejected).items())),
+        frames_processed=sum(o.frames for o in done),
+        seconds_pass1=seconds_pass1,
+        seconds_total=time.perf_counter() - t_start,
+        face_fraction_mean=float(np.mean([r["face_fraction"] for r in rows])) if rows else 0.0,
+        splits=dict(sorted(Counter(r["split"] for r in rows).items())),
+    )
+
+
+def _relative_message(message: str, raw_dir: Path) -> str:
+    """Messages name files relative to the raw folder, so reports do not depend on where the data lives."""
+    return message.replace(str(raw_dir.resolve()) + os.sep, "").replace(str(raw_dir) + os.sep, "")
+
+
+def _report(outcome: ClipOutcome, bar: Any, on_clip: Callable[[ClipOutcome], None] | None) -> None:
+    bar.update(1)
+    if outcome.status == "rejected":
+        bar.set_postfix_str(f"rejected {outcome.clip_id}: {outcome.reason}", refresh=False)
+    if on_clip is not None:
+        on_clip(outcome)
+
+
+def summary_json(summary: PreprocessSummary) -> dict[str, Any]:
+    return summary.metrics()
+
+
+__all__ = ["PreprocessConfig", "SplitConfig", "run_preprocess", "discover", "assign_splits", "process_clip",
+           "ClipRejected", "PreprocessSummary", "write_json"]

@@ -1,0 +1,56 @@
+"""Small report figures: contact sheets of crops with landmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# 68-point iBUG groups, drawn as polylines (closed for eyes and lips).
+LANDMARK_GROUPS: tuple[tuple[int, int, bool], ...] = (
+    (0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (31, 36, False),
+    (36, 42, True), (42, 48, True), (48, 60, True), (60, 68, True),
+)
+
+
+def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Draw 68 landmarks (68, 2+) on a copy of an RGB uint8 image."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    scale = max(1, round(out.shape[0] / 256))
+    pts = np.round(landmarks[:, :2]).astype(np.int32)  # (68, 2)
+    for a, b, closed in LANDMARK_GROUPS:
+        cv2.polylines(out, [pts[a:b]], closed, color, 1 * scale, cv2.LINE_AA)
+    for p in pts:
+        cv2.circle(out, (int(p[0]), int(p[1])), 1 * scale, (255, 0, 0), -1, cv2.LINE_AA)
+    return out
+
+
+def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], columns: int = 6, tile: int = 160) -> np.ndarray:
+    """Grid of RGB tiles (resized to `tile`), each with a caption; returns an RGB uint8 image."""
+    import cv2
+
+    n = max(1, len(tiles))
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    cap = 16
+    sheet = np.full((rows * (tile + cap), cols * tile, 3), 255, np.uint8)
+    for i, (img, label) in enumerate(zip(tiles, labels)):
+        r, c = divmod(i, cols)
+        y, x = r * (tile + cap), c * tile
+        sheet[y:y + tile, x:x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+        cv2.putText(sheet, label[:24], (x + 2, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return sheet
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
+    import cv2
+
+    from pipeline.io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")

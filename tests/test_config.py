@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from pipeline.config import CommonConfig, ConfigError, flatten, from_dict, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Inner:
+    a: int = 1
+    b: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class Outer:
+    lr: float
+    mode: Literal["matmul", "diag"] = "matmul"
+    enabled: bool = True
+    weights: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_valid_section_round_trip() -> None:
+    cfg = from_dict(Outer, {"lr": 2.0e-4, "mode": "diag", "inner": {"a": 3, "b": [1, 2.5]}}, "train")
+    assert cfg == Outer(lr=2.0e-4, mode="diag", inner=Inner(a=3, b=(1.0, 2.5)))
+    assert to_dict(cfg)["inner"]["b"] == [1.0, 2.5]
+    assert flatten(to_dict(cfg))["inner.a"] == 3
+
+
+def test_int_accepted_for_float() -> None:
+    assert from_dict(Outer, {"lr": 1}, "train").lr == 1.0
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"lr": 1.0, "lrr": 2}, "train.lrr"),                     # unknown key
+    ({}, "train.lr"),                                        # missing key
+    ({"lr": "fast"}, "train.lr"),                            # wrong type
+    ({"lr": 1.0, "mode": "both"}, "train.mode"),             # not a choice
+    ({"lr": 1.0, "enabled": "yes"}, "train.enabled"),        # string for bool
+    ({"lr": 1.0, "inner": {"a": 1.5}}, "train.inner.a"),     # float for int
+    ({"lr": 1.0, "inner": {"a": True}}, "train.inner.a"),    # bool for int
+    ({"lr": 1.0, "inner": {"b": ["x"]}}, "train.inner.b[0]"),
+    ({"lr": 1.0, "inner": {"c": 1}}, "train.inner.c"),
+    ({"lr": None}, "train.lr"),
+])
+def test_errors_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        from_dict(Outer, data, "train")
+
+
+def test_yaml_exponent_trap_is_explained() -> None:
+    data = yaml.safe_load("lr: 2e-4\n")
+    assert data["lr"] == "2e-4"  # PyYAML (YAML 1.1) reads this as a string
+    with pytest.raises(ConfigError, match=r"train\.lr.*2\.0e-4"):
+        from_dict(Outer, data, "train")
+
+
+def test_validate_hook_names_section() -> None:
+    with pytest.raises(ConfigError, match="common"):
+        from_dict(CommonConfig, {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 100}, "common")
+
+
+def test_project_params_load() -> None:
+    """params.yaml's sections load strictly into their dataclasses."""
+    from pipeline.preprocess import PreprocessConfig
+    from pipeline.synth.corpus import SynthConfig
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    common = from_dict(CommonConfig, params["common"], "common")
+    assert (common.fps, common.sample_rate) == (25, 16000)
+    from_dict(PreprocessConfig, params["preprocess"], "preprocess")
+    from_dict(SynthConfig, params["synth"], "synth")
+
+
+def test_stage_cli_reports_bad_params(tmp_path: Path) -> None:
+    """A wrong type in params.yaml stops a stage with the key's name, before any work."""
+    from stages import preprocess
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["preprocess"]["workers"] = "two"
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"preprocess\.workers"):
+        preprocess.main(["--raw", str(tmp_path), "--out", str(tmp_path / "o"), "--params", str(p)])

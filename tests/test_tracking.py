@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+
+
+def _ctx(root: Path, uri: str | None = None, exp: str | None = "exp-a") -> tracking.RunContext:
+    return tracking.RunContext(root=root, tracking_uri=uri, git_rev="abc123", dvc_exp_name=exp,
+                               dvc_baseline_rev="def456", extra_tags={"dvc_stage": "unit"})
+
+
+def test_null_tracker_keeps_values() -> None:
+    t = tracking.NullTracker()
+    t.log_params({"a": 1})
+    t.log_metrics({"m": 2}, step=3)
+    t.set_tags({"x": "y"})
+    assert t.params == {"a": 1} and t.metrics == {"m": 2.0} and t.tags == {"x": "y"}
+
+
+def test_default_uri_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.default_tracking_uri(Path("."))
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db" and uri.startswith("sqlite:////")
+
+
+def test_data_version_depends_on_content_only(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "s").mkdir(parents=True)
+    (d / "s" / "a.bin").write_bytes(b"hello")
+    v1 = tracking.data_version([d])
+    os.utime(d / "s" / "a.bin", (0, 0))
+    assert tracking.data_version([d]) == v1
+    (d / "s" / "a.bin").write_bytes(b"hellO")
+    assert tracking.data_version([d]) != v1
+    assert tracking.data_version([tmp_path / "missing"]) != tracking.data_version([d])
+
+
+def test_stage_run_records_tags_params_metrics(tmp_path: Path) -> None:
+    import mlflow
+
+    ctx = _ctx(tmp_path)
+    art = tmp_path / "metrics.json"
+    art.write_text(json.dumps({"x": 1}))
+    with tracking.stage_run(ctx, "preprocess", {"preprocess.workers": 2, "common.seed": 0}, "v123") as t:
+        t.log_metrics({"loss": 1.0}, step=0)
+        t.log_metrics({"loss": 0.5}, step=1)
+        t.log_artifact(art)
+        run_id = t.run_id
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["stage"] == "preprocess" and tags["git_rev"] == "abc123" and tags["data_version"] == "v123"
+    assert tags["dvc_exp_name"] == "exp-a" and tags["dvc_baseline_rev"] == "def456"
+    assert run.data.params["preprocess.workers"] == "2"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts anchored at the project root
+
+
+def test_failed_stage_marks_run_failed(tmp_path: Path) -> None:
+    import mlflow
+
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run(_ctx(tmp_path), "synth", {}, "v") as t:
+            run_id = t.run_id
+            raise RuntimeError("boom")
+    assert mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path)).get_run(run_id).info.status == "FAILED"
+
+
+def _start_one(root: str, i: int) -> str:
+    with tracking.stage_run(_ctx(Path(root), exp=None), f"stage{i}", {"i": i}, "v") as t:
+        t.log_metrics({"i": i})
+        return t.run_id
+
+
+@pytest.mark.slow
+def test_concurrent_first_runs_share_one_experiment(tmp_path: Path) -> None:
+    """Several stages starting at once on a fresh database: all runs land in the one experiment."""
+    import mlflow
+
+    with mp.get_context("spawn").Pool(4) as pool:
+        run_ids = pool.starmap(_start_one, [(str(tmp_path), i) for i in range(4)])
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+    exps = [e for e in client.search_experiments() if e.name == tracking.EXPERIMENT_NAME]
+    assert len(exps) == 1
+    runs = client.search_runs([exps[0].experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_mlflow_server(tmp_path: Path) -> None:
+    """MLFLOW_TRACKING_URI pointing at a real `mlflow server` on loopback receives the stage's run."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("mlflow server did not come up")
+            time.sleep(0.5)
+        ctx = _ctx(tmp_path, uri=url)
+        (tmp_path / "m.json").write_text("{}")
+        with tracking.stage_run(ctx, "preprocess", {"common.seed": 0}, "v9") as t:
+            t.log_metrics({"clips_out": 3.0})
+            t.log_artifact(tmp_path / "m.json")
+            run_id = t.run_id
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10) as r:
+            run = json.load(r)["run"]
+        tags = {d["key"]: d["value"] for d in run["data"]["tags"]}
+        assert tags["stage"] == "preprocess" and tags["dvc_exp_name"] == "exp-a"
+        assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"clips_out": 3.0}
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default sqlite store
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
