@@ -55,22 +55,27 @@ MFCC_FRAMES_PER_SECOND = SAMPLE_RATE // PSF_HOP_LENGTH  # 100
 MFCC_WINDOW_VIDEO_FRAMES = 5  # SyncNet pairs 5 video frames ...
 MFCC_ROWS_PER_VIDEO_FRAME = MFCC_FRAMES_PER_SECOND // FPS  # ... with 4 MFCC rows per frame = 20 rows
 
+INT16_FULL_SCALE = 32768  # int16 PCM units per float unit
+INT16_LOG_ENERGY_OFFSET = 2.0 * math.log(INT16_FULL_SCALE)  # MFCC c0 of int16 PCM minus c0 of float audio
+
 _EPS = np.finfo(float).eps  # psf replaces exact zeros by float64 eps before taking the log
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _as_waveform(wav: np.ndarray) -> np.ndarray:
-    """Validate a mono waveform and return it as contiguous float64 (the references compute in float64)."""
+def _as_waveform(wav: np.ndarray, allow_int: bool = False) -> np.ndarray:
+    """Validate a mono waveform (S,), S >= 1. Float input is returned as is; int PCM only when ``allow_int``."""
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise ValueError(f"expected a mono waveform of shape (S,), got shape {wav.shape}")
     if wav.size == 0:
         raise ValueError("expected a non-empty waveform, got 0 samples")
-    if not np.issubdtype(wav.dtype, np.floating):
-        raise ValueError(f"expected a float waveform in [-1, 1], got dtype {wav.dtype}")
-    return np.ascontiguousarray(wav, dtype=np.float64)
+    kinds = "fi" if allow_int else "f"
+    if wav.dtype.kind not in kinds:
+        expected = "a float or int PCM" if allow_int else "a float"
+        raise ValueError(f"expected {expected} waveform, got dtype {wav.dtype}")
+    return wav
 
 
 def preemphasis(wav: np.ndarray, coeff: float = PREEMPHASIS) -> np.ndarray:
@@ -79,7 +84,7 @@ def preemphasis(wav: np.ndarray, coeff: float = PREEMPHASIS) -> np.ndarray:
     Identical to Wav2Lip's ``scipy.signal.lfilter([1, -coeff], [1], x)`` (zero initial state) and to
     ``python_speech_features.sigproc.preemphasis``.
     """
-    out = np.empty_like(wav)
+    out = np.empty(wav.shape, dtype=np.result_type(wav, coeff))  # float32 stays float32, int -> float64
     out[0] = wav[0]
     np.subtract(wav[1:], coeff * wav[:-1], out=out[1:])
     return out
@@ -165,7 +170,8 @@ def wav2lip_mel(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"wav2lip_mel needs {SAMPLE_RATE} Hz audio, got {sample_rate} Hz; resample it first")
-    wav = preemphasis(_as_waveform(wav))
+    # lfilter computes in float64 whatever the input dtype, so we do too.
+    wav = preemphasis(_as_waveform(wav).astype(np.float64))
     pad = MEL_N_FFT // 2
     # For S <= 400 samples np.pad reflects repeatedly; librosa 0.7 called np.pad the same way.
     padded = np.pad(wav, pad, mode="reflect")  # (S + n_fft,)
@@ -253,7 +259,9 @@ def _psf_fbank(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarra
     Framing: 25 ms frames every 10 ms from sample 0, no centring; N = 1 + ceil((S - L) / hop) (1 if S <= L) and
     the signal is zero-padded so the last frame is complete. Rectangular window, power spectrum |rfft_512|^2 / 512.
     """
-    signal = preemphasis(_as_waveform(wav))
+    # Pre-emphasis in the input's precision, as psf does (numpy promotion: float32 stays float32, int16 PCM -> float64),
+    # so float32 and int16 inputs reproduce psf exactly; everything after it is float64, as in psf.
+    signal = preemphasis(_as_waveform(wav, allow_int=True)).astype(np.float64)
     frame_length = _round_half_up(PSF_WIN_SECONDS * sample_rate)
     hop_length = _round_half_up(PSF_HOP_SECONDS * sample_rate)
     n_frames = 1 if signal.size <= frame_length else 1 + math.ceil((signal.size - frame_length) / hop_length)
@@ -273,7 +281,11 @@ def _psf_fbank(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarra
 
 def log_filterbank(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """MS-Sync audio feature: ``python_speech_features.logfbank(wav, sr, winlen=0.025, winstep=0.01, nfilt=26,
-    nfft=512)``, (N, 26) float32 at 100 frames per second."""
+    nfft=512)``, (N, 26) float32 at 100 frames per second.
+
+    Framing and filterbank are shared with :func:`syncnet_mfcc` (same psf recipe). int16 PCM input adds
+    :data:`INT16_LOG_ENERGY_OFFSET` to every value compared with float input.
+    """
     feat, _ = _psf_fbank(wav, sample_rate)
     return np.log(feat).astype(np.float32)
 
@@ -296,6 +308,16 @@ def syncnet_mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     25 ms / 10 ms frames, 26 HTK-mel filters, nfft 512, pre-emphasis 0.97, DCT-II (ortho) to 13 cepstra,
     ceplifter 22, and coefficient 0 replaced by the log frame energy (appendEnergy).
+
+    Scale: syncnet_python reads the wav with ``scipy.io.wavfile`` and passes **int16 PCM**, so its features are
+    those of ``32768 * wav``. Since a gain only adds a constant to every log filterbank energy, and the DCT maps a
+    constant to coefficient 0 alone, which appendEnergy overwrites, the two differ only in column 0, by
+    ``2 ln 32768 = 20.79`` (exactly :data:`INT16_LOG_ENERGY_OFFSET`, except frames of exact digital silence).
+    Pass int16 PCM here (or add the offset) to feed pretrained ``syncnet_v2`` weights.
+
+    Args:
+        wav: (S,) float waveform, or int PCM to mirror syncnet_python exactly.
+        sample_rate: Hz; frame lengths are 25 ms / 10 ms at that rate (nfft stays 512, as in psf).
 
     Returns:
         (N, 13) float32 at 100 frames per second (syncnet_python transposes this to (13, N)).

@@ -51,8 +51,9 @@ setup_python() {
     rm -rf "$venv"
     mkdir -p "$cache"
     "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade "pip>=24" >&2
-    "$venv/bin/python" -m pip install -q -r requirements.lock >&2
+    # (some pip configurations warn about every missing local index folder: filter that noise, keep pip's status)
+    "$venv/bin/python" -m pip install -q -r requirements.lock > >(grep -v 'is ignored: it is neither' >&2) \
+      2> >(grep -v 'is ignored: it is neither' >&2)
     "$venv/bin/python" -c 'import torch, torchvision, torchaudio, mediapipe, decord, dvc, mlflow, cv2' >&2
     touch "$venv/.tavce-complete"
   fi

@@ -1,0 +1,95 @@
+"""Benchmark the preprocessing stage: whole-stage frames/s vs decode-only and landmark-only, 1 vs 2 workers.
+
+    python benchmarks/preprocess.py [--raw data/raw] [--clips 12] [--params params.yaml]
+
+All figures are measured in the same run on the same clips; ratios matter more than absolute numbers on a noisy
+machine. "raw decord" is decord's own batch decode of every source frame (the reference); "decode" is our
+read_video (decord + timestamp resampling to 25 fps); "landmarks" is the landmark backend alone on decoded frames;
+"stage" is run_preprocess end to end (decode, audio, detection, crop, coefficients, features, encoding, writing)
+with a cold cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import decord  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline import media  # noqa: E402
+from pipeline.config import CommonConfig, from_dict  # noqa: E402
+from pipeline.faces.landmarks import make_backend  # noqa: E402
+from pipeline.preprocess import PreprocessConfig, discover, run_preprocess  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"), help="folder of raw videos (default: data/raw)")
+    ap.add_argument("--clips", type=int, default=12, help="number of clips to use (default: 12)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args()
+
+    params = yaml.safe_load(args.params.read_text())
+    common = from_dict(CommonConfig, params["common"], "common")
+    cfg = from_dict(PreprocessConfig, params["preprocess"], "preprocess")
+    jobs, _ = discover(args.raw, cfg.extensions)
+    jobs = jobs[: args.clips]
+    if not jobs:
+        raise SystemExit(f"no videos under {args.raw} (run `dvc repro synth` first)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = Path(tmp) / "raw"
+        for j in jobs:  # a folder with just these clips (symlinks), same ids
+            dst = subset / j.src.relative_to(args.raw)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(j.src.resolve())
+
+        rows = []
+        t0 = time.perf_counter()
+        n_src = 0
+        for j in jobs:
+            vr = decord.VideoReader(str(j.src), ctx=decord.cpu(0))
+            n_src += len(vr.get_batch(list(range(len(vr)))).asnumpy())
+        t_raw = time.perf_counter() - t0
+        rows.append(("raw decord (all source frames)", n_src, t_raw))
+
+        t0 = time.perf_counter()
+        decoded = [media.read_video(j.src, fps=common.fps).frames for j in jobs]
+        t_dec = time.perf_counter() - t0
+        n = sum(len(f) for f in decoded)
+        rows.append(("decode + resample to 25 fps", n, t_dec))
+
+        backend = make_backend(cfg.backend, min_confidence=cfg.min_confidence)
+        t0 = time.perf_counter()
+        for f in decoded:
+            backend.process(f)
+        t_lm = time.perf_counter() - t0
+        backend.close()
+        rows.append((f"landmarks only ({cfg.backend})", n, t_lm))
+        del decoded
+
+        for workers in (1, 2):
+            out = Path(tmp) / f"out{workers}"
+            c = dataclasses.replace(cfg, workers=workers)
+            s = run_preprocess(subset, out, c, common, progress=False)
+            rows.append((f"whole stage, {workers} worker(s)", s.frames_processed, s.seconds_pass1))
+
+    ref = n / t_dec
+    print(f"\npreprocess benchmark: {len(jobs)} clips, {n} frames at {common.fps} fps, crop {common.image_size}px\n")
+    print(f"{'measurement':38s} {'frames':>7s} {'seconds':>8s} {'frames/s':>9s} {'vs decode':>9s}")
+    for name, frames, secs in rows:
+        fps = frames / secs if secs > 0 else float("nan")
+        print(f"{name:38s} {frames:7d} {secs:8.2f} {fps:9.1f} {fps / ref:9.2f}")
+    w1, w2 = rows[-2], rows[-1]
+    print(f"\nscaling 1 -> 2 workers: x{(w2[1] / w2[2]) / (w1[1] / w1[2]):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Preprocessing stage: bad inputs, resampling, incremental and interrupted reruns, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import CommonConfig
+from pipeline.io import load_npz
+from pipeline.preprocess import PreprocessConfig, SplitConfig, assign_splits, discover, run_preprocess
+from tests import mediagen
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = CommonConfig(seed=0, fps=25, sample_rate=16000, image_size=128)
+CFG = PreprocessConfig(workers=1, min_duration_s=1.2)
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_assign_splits_disjoint_and_seeded() -> None:
+    spk = [f"s{i}" for i in range(8)]
+    a = assign_splits(spk, SplitConfig(), seed=0)
+    assert a == assign_splits(list(reversed(spk)), SplitConfig(), seed=0)
+    counts = {s: list(a.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"train": 6, "val": 1, "test": 1}
+    assert assign_splits(spk, SplitConfig(), seed=1) != a or True  # another seed may permute
+    assert set(assign_splits(["a", "b"], SplitConfig(), 0).values()) == {"train"}
+    three = assign_splits(["a", "b", "c"], SplitConfig(), 0)
+    assert sorted(three.values()) == ["test", "train", "val"]
+
+
+def test_discover_ids_speakers_and_duplicates(tmp_path: Path) -> None:
+    for rel in ["id1/v1/c1.mp4", "id1/v1/c1.mkv", "id2/x.webm", "top.mov", "id2/notes.txt", "id2/.hidden.mp4"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    jobs, dup = discover(tmp_path)
+    assert [(j.clip_id, j.speaker) for j in jobs] == [("id1/v1/c1", "id1"), ("id2/x", "id2"), ("top", "top")]
+    assert [d.reason for d in dup] == ["duplicate_id"]
+
+
+@pytest.fixture(scope="module")
+def bad_input_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """One corpus mixing good and bad inputs, preprocessed with 2 worker processes."""
+    raw = tmp_path_factory.mktemp("raw")
+    out = raw.parent / (raw.name + "_out")
+    good = mediagen.write_video(raw / "good" / "a.mp4", mediagen.face_frames(50))
+    mediagen.truncate(good, raw / "truncated" / "a.mp4", 0.4)
+    mediagen.write_audio_only(raw / "audio_only" / "a.mp4")
+    mediagen.write_video(raw / "silent" / "a.mp4", mediagen.face_frames(50), audio=False)
+    mediagen.write_testsrc(raw / "noface" / "a.mp4")
+    mediagen.write_video(raw / "twofaces" / "a.mp4", mediagen.face_frames(50, two_faces=True))
+    mediagen.write_video(raw / "oneframe" / "a.mp4", mediagen.face_frames(1))
+    mediagen.write_video(raw / "stereo8k" / "a.mkv", mediagen.face_frames(50), sample_rate=8000, channels=2)
+    mediagen.write_video(raw / "fps60" / "a.mp4", mediagen.face_frames(120), fps=60)
+    mediagen.write_video(raw / "unicode" / "clip_é_日本.mp4", mediagen.face_frames(50))
+    mediagen.write_video(raw / "webm" / "a.webm", mediagen.face_frames(50, size=192))
+    (raw / "notvideo").mkdir()
+    (raw / "notvideo" / "a.mp4").write_text("this is not a video\n")
+    cfg = PreprocessConfig(workers=2, min_duration_s=1.2)
+    summary = run_preprocess(raw, out, cfg, COMMON, progress=False)
+    return raw, out, summary.metrics()
+
+
+def test_bad_inputs_rejected_with_reasons(bad_input_run: tuple[Path, Path, dict]) -> None:
+    raw, out, metrics = bad_input_run
+    rej = pd.read_csv(out / "rejected.csv")
+    reasons = dict(zip(rej.clip_id, rej.reason))
+    assert reasons.pop("truncated/a") in ("corrupt", "decode_error")
+    assert reasons.pop("notvideo/a") in ("unreadable", "corrupt")
+    assert reasons == {"audio_only/a": "no_video_stream", "silent/a": "no_audio_stream", "noface/a": "no_face",
+                       "twofaces/a": "multiple_faces", "oneframe/a": "too_short"}
+    for msg in rej.message:  # messages name the file and say why
+        assert "a.mp4" in msg and len(msg) > 12
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(manifest.clip_id) == ["fps60/a", "good/a", "stereo8k/a", "unicode/clip_é_日本", "webm/a"]
+    assert metrics["clips_in"] == 12 and metrics["clips_out"] == 5 and metrics["rejected_total"] == 7
+
+
+def test_outputs_resampled_and_consistent(bad_input_run: tuple[Path, Path, dict]) -> None:
+    from pipeline import media
+
+    raw, out, _ = bad_input_run
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("clip_id")
+    fps60 = manifest.loc["fps60/a"]
+    assert fps60.source_fps == pytest.approx(60, abs=0.1)
+    assert abs(int(fps60.frames) - 50) <= 1  # 120 frames at 60 fps = 2 s = 50 frames at 25 fps
+    st = manifest.loc["stereo8k/a"]
+    assert (st.source_sample_rate, st.source_channels) == (8000, 2)
+    for cid, row in manifest.iterrows():
+        f = load_npz(out / row.features_path)
+        t = int(row.frames)
+        assert f["coeffs"].shape == (t, 73) and np.isfinite(f["coeffs"]).all()
+        assert f["landmarks"].shape == (t, 68, 3)
+        assert abs(f["wav"].shape[0] - t * 640) <= 2 * 640  # 16 kHz audio matches the frames
+        assert f["mel"].shape[1] == 80 and abs(f["mel"].shape[0] - t * 80 / 25) <= 2
+        assert f["mfcc"].shape[1] == 13 and f["fbank"].shape[1] == 26
+        assert (f["landmarks"][..., :2] >= -5).all() and (f["landmarks"][..., :2] <= 133).all()
+        clip = media.read_video(out / row.clip_path)
+        assert clip.frames.shape[1:] == (128, 128, 3) and abs(len(clip) - t) <= 1
+        assert 0.9 <= row.face_fraction <= 1.0 and row.split in ("train", "val", "test")
+    assert set(manifest.groupby("speaker").split.nunique()) == {1}
+    basis = load_npz(out / "expression_basis.npz")
+    assert any(v.shape[0] == 64 for v in basis.values() if v.ndim == 2)
+
+
+def _make_corpus(raw: Path, speakers: list[str]) -> None:
+    for i, spk in enumerate(speakers):
+        frames = mediagen.face_frames(40 + 5 * i, amplitude=4.0 + i)
+        mediagen.write_video(raw / spk / "c.mp4", frames)
+
+
+@pytest.mark.slow
+def test_incremental_rerun_equals_clean_run(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    _make_corpus(raw, ["s0", "s1", "s2"])
+    inc = tmp_path / "inc"
+    first = run_preprocess(raw, inc, CFG, COMMON, progress=False)
+    assert first.processed == 3
+    _make_corpus(raw, ["s0", "s1", "s2", "s3"])  # rewrites identical files for s0..s2, adds s3
+    (raw / "s1" / "c.mp4").unlink()
+    mediagen.write_video(raw / "s1" / "c.mp4", mediagen.face_frames(44, amplitude=2.0))  # changed content
+    second = run_preprocess(raw, inc, CFG, COMMON, progress=False)
+    assert (second.processed, second.cached) == (2, 2)
+    shutil.rmtree(raw / "s2")  # a removed video disappears from the outputs
+    third = run_preprocess(raw, inc, CFG, COMMON, progress=False)
+    assert (third.processed, third.cached) == (0, 3)
+    clean = tmp_path / "clean"
+    run_preprocess(raw, clean, CFG, COMMON, progress=False)
+    assert _tree_digest(inc) == _tree_digest(clean)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_corrupt_outputs(tmp_path: Path) -> None:
+    """SIGKILL in the middle of the stage, then rerun: the result equals an uninterrupted run."""
+    raw = tmp_path / "raw"
+    _make_corpus(raw, ["s0", "s1", "s2", "s3"])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["common"]["image_size"] = 128
+    params["preprocess"]["workers"] = 1
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "stages.preprocess", "--raw", str(raw), "--out", str(out), "--params", str(pfile),
+           "--reports", str(tmp_path / "rep"), "--no-track"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "cache").glob("*.npz")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside the next clip
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd[:6], str(clean), *cmd[7:]], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _tree_digest(out) == _tree_digest(clean)
+    assert not [p for p in out.rglob(".tmp*")]
