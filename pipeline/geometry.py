@@ -83,7 +83,10 @@ def _as_arrays(*xs: Any) -> tuple[_Ops, list[Any]]:
         dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
         out = [torch.as_tensor(x, dtype=dtype, device=ref.device) for x in xs]
         return _Ops(True), list(torch.broadcast_tensors(*out))
-    out = [np.asarray(x, dtype=np.result_type(np.asarray(x).dtype, np.float32)) for x in xs]
+    # Python scalars do not promote (NEP 50 style): float32 arrays with a literal 0.0 stay float32.
+    typed = [np.asarray(x).dtype for x in xs if not isinstance(x, (int, float))]
+    dtype = np.result_type(*typed, np.float32) if typed else np.dtype(np.float64)
+    out = [np.asarray(x, dtype=dtype) for x in xs]
     return _Ops(False), list(np.broadcast_arrays(*out))
 
 

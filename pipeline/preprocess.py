@@ -256,6 +256,10 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     lms = crop_mod.transform_landmarks(lms, crop, size).astype(np.float32)  # (T, 68, 3) in crop pixels
     pose = coeffs_mod.fit_pose(lms, image_size=size)
 
+    # Audio is cut or zero-padded to exactly the video's duration, so audio feature rows and video frames share
+    # one clock from 0 to T/fps (containers often carry a few extra ms of audio, e.g. AAC priming).
+    n_samples = round(n * common.sample_rate / common.fps)
+    wav = np.pad(wav[:n_samples], (0, max(0, n_samples - wav.shape[0])))
     feats = audio_features.compute_features(wav, common.sample_rate)
 
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"

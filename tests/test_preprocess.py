@@ -105,8 +105,8 @@ def test_outputs_resampled_and_consistent(bad_input_run: tuple[Path, Path, dict]
         t = int(row.frames)
         assert f["coeffs"].shape == (t, 73) and np.isfinite(f["coeffs"]).all()
         assert f["landmarks"].shape == (t, 68, 3)
-        assert abs(f["wav"].shape[0] - t * 640) <= 2 * 640  # 16 kHz audio matches the frames
-        assert f["mel"].shape[1] == 80 and abs(f["mel"].shape[0] - t * 80 / 25) <= 2
+        assert f["wav"].shape[0] == t * 640  # 16 kHz audio cut/padded to the frames
+        assert f["mel"].shape == (1 + t * 640 // 200, 80)
         assert f["mfcc"].shape[1] == 13 and f["fbank"].shape[1] == 26
         assert (f["landmarks"][..., :2] >= -5).all() and (f["landmarks"][..., :2] <= 133).all()
         clip = media.read_video(out / row.clip_path)
@@ -161,7 +161,10 @@ def test_killed_run_resumes_without_corrupt_outputs(tmp_path: Path) -> None:
     while not list((out / "cache").glob("*.npz")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.3)  # somewhere inside the next clip
-    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # finished already: the rerun below must still agree with a clean run
+        pass
     proc.wait()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clean = tmp_path / "clean"

@@ -54,7 +54,7 @@ def _interpolate_gaps(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def smooth_boxes(boxes: np.ndarray, *, median_window: int = 5, mean_window: int = 5) -> np.ndarray:
+def smooth_boxes(boxes: np.ndarray, *, window: int = 5, median_window: int | None = None) -> np.ndarray:
     """Gap-filled, temporally smoothed face boxes.
 
     Missing frames (NaN rows) are filled by linear interpolation between the neighbouring detections; then each
@@ -63,13 +63,17 @@ def smooth_boxes(boxes: np.ndarray, *, median_window: int = 5, mean_window: int 
 
     Args:
         boxes: (T, 4) x0, y0, x1, y1 with NaN rows where no face was found.
-        median_window, mean_window: filter lengths in frames (1 disables that filter).
+        window: moving-average length in frames (1 disables it).
+        median_window: running-median length in frames (default: `window`; 1 disables it).
     Returns:
         (T, 4) float64; all-NaN if no frame has a box.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"smooth_boxes expects (T, 4) boxes, got shape {boxes.shape}")
+    mean_window = window
+    if median_window is None:
+        median_window = window
     if median_window < 1 or mean_window < 1:
         raise ValueError(f"filter windows must be >= 1, got median {median_window}, mean {mean_window}")
     filled = _interpolate_gaps(boxes)  # (T, 4)
