@@ -423,7 +423,8 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
         coeffs = coeffs_mod.coefficients(basis.project(res), c["rotation"], c["translation"], c["scale"],
                                          crop_center=_crop_center(meta))  # (T, 73)
         feat_path = out_dir / "features" / f"{j.clip_id}.npz"
-        save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], mel=c["mel"],
+        save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], aligned=c["aligned"],
+                 mel=c["mel"],
                  mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],
                  fps=np.array(common.fps), sample_rate=np.array(common.sample_rate))
         crop = meta["crop"]

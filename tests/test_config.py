@@ -89,3 +89,16 @@ def test_stage_cli_reports_bad_params(tmp_path: Path) -> None:
     p.write_text(yaml.safe_dump(params))
     with pytest.raises(SystemExit, match=r"preprocess\.workers"):
         preprocess.main(["--raw", str(tmp_path), "--out", str(tmp_path / "o"), "--params", str(p)])
+
+
+@dataclass(frozen=True)
+class Pairs:
+    size: tuple[int, float] = (1, 2.0)
+
+
+def test_fixed_length_tuple() -> None:
+    assert from_dict(Pairs, {"size": [3, 4]}, "s").size == (3, 4.0)
+    with pytest.raises(ConfigError, match=r"s\.size\[0\]"):
+        from_dict(Pairs, {"size": [3.5, 4]}, "s")
+    with pytest.raises(ConfigError, match=r"s\.size: expected a list of 2"):
+        from_dict(Pairs, {"size": [3]}, "s")
