@@ -306,10 +306,13 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, weights_dir: str | None,
                  single_thread: bool) -> None:
-    if single_thread:
+    if single_thread:  # a spawned worker process: one of several, each single-threaded
         import cv2
         import torch
 
+        from pipeline.native_logs import filter_native_stderr
+
+        filter_native_stderr()
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
     _WORKER["cfg"] = cfg
