@@ -61,7 +61,8 @@ def _runs(repo: Path) -> pd.DataFrame:
 def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> None:
     path, env = repo
     out = _run(["dvc", "repro"], path, env)
-    assert "Running stage 'synth'" in out and "Running stage 'preprocess'" in out
+    for stage in ("synth", "preprocess", "synth_check"):
+        assert f"Running stage '{stage}'" in out
     manifest = pd.read_parquet(path / "data/processed/manifest.parquet")
     assert len(manifest) == 3 and set(manifest.split) == {"train", "val", "test"}
     metrics = yaml.safe_load((path / "reports/preprocess/metrics.json").read_text())
@@ -69,7 +70,7 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert (path / "reports/preprocess/contact_sheet.png").stat().st_size > 1000
     assert (path / "dvc.lock").is_file()
     runs = _runs(path)
-    assert sorted(runs["tags.stage"]) == ["preprocess", "synth"]
+    assert sorted(runs["tags.stage"]) == ["preprocess", "synth", "synth_check"]
     assert (runs["status"] == "FINISHED").all()
     head = _run(["git", "rev-parse", "HEAD"], path, env).strip()
     assert set(runs["tags.git_rev"]) == {head}
@@ -78,15 +79,16 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
 
     again = _run(["dvc", "repro"], path, env)
     assert "Running stage" not in again
-    assert len(_runs(path)) == 2  # a skipped stage logs nothing
+    assert len(_runs(path)) == 3  # a skipped stage logs nothing
 
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run([*git, "add", "-A"], path, env)
     _run([*git, "commit", "-qm", "lock"], path, env)
+    head = _run(["git", "rev-parse", "HEAD"], path, env).strip()
     exp = _run(["dvc", "exp", "run", "-n", "wider-crop", "-S", "preprocess.crop_scale=2.0"], path, env)
     assert "Running stage 'preprocess'" in exp and "Running stage 'synth'" not in exp
     runs = _runs(path)
-    new = runs[runs["tags.dvc_exp_name"].fillna("") == "wider-crop"]
-    assert len(new) == 1 and new.iloc[0]["tags.stage"] == "preprocess"
-    assert new.iloc[0]["params.preprocess.crop_scale"] == "2.0"
-    assert new.iloc[0]["tags.dvc_baseline_rev"]
+    new = runs[runs["tags.dvc_exp_name"].fillna("") == "wider-crop"].set_index("tags.stage")
+    assert sorted(new.index) == ["preprocess", "synth_check"]
+    assert new.loc["preprocess", "params.preprocess.crop_scale"] == "2.0"
+    assert new.loc["preprocess", "tags.dvc_baseline_rev"] == head

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.io import atomic_path, remove_stale_temps
 from pipeline.synth.face import FaceRenderer, sample_appearance
 from pipeline.synth.motion import MotionStyle, blink_track, head_motion
-from pipeline.synth.tts import Utterance, Voice, synthesize
+from pipeline.synth.tts import Voice, clip_speech_isolated
 from pipeline.synth.visemes import mouth_track, viseme_class
 
 DEG = math.pi / 180.0
@@ -42,24 +42,6 @@ BASE_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-n
                "en-gb-x-gbcwmd")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
-
-WORDS = (
-    "people", "paper", "maybe", "number", "problem", "power", "member", "public", "moment", "simple", "bob",
-    "map", "my", "me", "be", "by", "but", "big", "book", "boat", "bring", "mother", "brother", "morning", "market",
-    "music", "picture", "player", "perhaps", "point", "put", "pay", "peace", "pool", "pump", "bump", "bubble", "maple",
-    "baby", "ball", "blue", "black", "box", "bread", "mom", "moon", "mouse", "might", "must", "much", "more", "most",
-    "open", "small", "warm", "arm", "home", "time", "name", "game", "same", "come", "some", "from", "him", "them",
-    "the", "a", "an", "and", "of", "to", "in", "is", "it", "that", "was", "for", "on", "are", "with", "as", "they",
-    "at", "one", "have", "this", "had", "not", "what", "all", "were", "when", "we", "there", "can", "said", "each",
-    "which", "she", "do", "how", "their", "if", "will", "up", "other", "about", "out", "many", "then", "these",
-    "so", "would", "make", "like", "into", "look", "two", "way", "could", "see", "long", "day", "did", "get",
-    "now", "find", "water", "call", "who", "oil", "sit", "down", "side", "been", "first", "word", "cool", "food",
-    "good", "school", "true", "through", "blue", "new", "you", "few", "who", "zoo", "shoe", "go", "show", "no",
-    "slow", "know", "road", "cheese", "sea", "tea", "eat", "need", "keep", "feel", "free", "street", "key",
-    "father", "car", "far", "start", "heart", "hot", "top", "stop", "shop", "job", "drop", "happy", "apple", "cat",
-    "hand", "back", "last", "fast", "chair", "house", "window", "garden", "yellow", "orange", "river", "summer",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
@@ -196,77 +178,6 @@ def plan_corpus(cfg: SynthConfig, out_dir: Path, seed: int) -> list[ClipJob]:
     return jobs
 
 
-def random_text(rng: np.random.Generator, n_words: int = 60) -> list[str]:
-    """A seeded word sequence from `WORDS`, with commas/periods every few words (phrase pauses)."""
-    words = [WORDS[int(i)] for i in rng.integers(len(WORDS), size=n_words)]
-    out, since = [], 0
-    for w in words:
-        since += 1
-        if since >= 4 and rng.random() < 0.25:
-            w += "," if rng.random() < 0.6 else "."
-            since = 0
-        out.append(w)
-    return out
-
-
-def _sentence(words: list[str]) -> str:
-    text = " ".join(words).rstrip(",.")
-    parts = [p.strip() for p in text.split(".")]
-    return ". ".join(p[:1].upper() + p[1:] for p in parts if p) + "."
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipAudio:
-    """The clip's speech: utterance placed after `lead_s` of silence and padded to a whole number of frames."""
-
-    utterance: Utterance
-    audio: np.ndarray  # (N,) float32 at utterance.sample_rate
-    lead_s: float
-    n_frames: int
-
-
-def clip_speech(rng: np.random.Generator, voice: Voice, min_s: float, max_s: float, fps: int) -> ClipAudio:
-    """Synthesize a random text whose clip (with silences) lasts between `min_s` and `max_s` when possible.
-
-    Words are added/removed from a fixed seeded sequence until the clip is the longest one not above the
-    target `max_s` drawn in [min_s, max_s]; a clip shorter than `min_s` is padded with trailing silence.
-    """
-    target = float(rng.uniform(min_s, max_s))
-    lead = float(rng.uniform(0.12, 0.3))
-    tail = float(rng.uniform(0.1, 0.25))
-    words = random_text(rng)
-
-    def speak(n: int) -> Utterance:
-        return synthesize(_sentence(words[:n]), voice)
-
-    n = max(1, int(round((target - lead - tail) * voice.rate_wpm / 60.0 * 0.9)))
-    utt = speak(n)
-    if lead + utt.duration_s + tail > target:
-        while n > 1 and lead + utt.duration_s + tail > target:
-            n -= 1
-            utt = speak(n)
-    else:
-        while n < len(words):
-            nxt = speak(n + 1)
-            if lead + nxt.duration_s + tail > target:
-                break
-            n, utt = n + 1, nxt
-    if lead + utt.duration_s + tail < min_s and n < len(words):
-        # Rather one word more (if it still fits under max_s) than a long padded silence.
-        nxt = speak(n + 1)
-        if lead + nxt.duration_s + tail <= max_s:
-            utt = nxt
-    total = max(lead + utt.duration_s + tail, min_s)
-    n_frames = int(math.ceil(total * fps - 1e-9))
-    sr = utt.sample_rate
-    n_samples = int(round(n_frames * sr / fps))
-    audio = np.zeros(n_samples, np.float32)
-    i0 = int(round(lead * sr))
-    seg = utt.audio[: max(0, n_samples - i0)]
-    audio[i0:i0 + len(seg)] = seg
-    return ClipAudio(utterance=utt, audio=audio, lead_s=i0 / sr, n_frames=n_frames)
-
-
 def _round(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return [_round(v) for v in x.tolist()]
@@ -312,8 +223,8 @@ def render_clip(job: ClipJob) -> dict[str, Any]:
         RuntimeError: ffmpeg failed (the message names the clip and carries ffmpeg's stderr).
     """
     spk = job.speaker
-    rng = np.random.default_rng(np.random.SeedSequence(list(job.clip_seed)))
-    speech = clip_speech(rng, spk.voice, job.min_duration_s, job.max_duration_s, job.fps)
+    speech = clip_speech_isolated((*job.clip_seed, 0), spk.voice, job.min_duration_s, job.max_duration_s, job.fps)
+    rng = np.random.default_rng(np.random.SeedSequence([*job.clip_seed, 1]))  # motion and blinks
     sr = speech.utterance.sample_rate
     T = speech.n_frames
     times = np.arange(T) / job.fps  # frame k is shown at k / fps
@@ -454,4 +365,4 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, seed: int, progress: bool =
 
 
 __all__ = ["SynthConfig", "SpeakerSpec", "ClipJob", "generate_corpus", "plan_corpus", "render_clip",
-           "speaker_spec", "clip_speech", "ffmpeg_command"]
+           "speaker_spec", "ffmpeg_command"]

@@ -17,7 +17,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import math
+import pickle
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -248,3 +253,126 @@ def synthesize(text: str, voice: Voice) -> Utterance:
             continue  # zero-length (e.g. a pause event at the same position as the next phoneme)
         phonemes.append(Phoneme(symbol, pos / sr, end / sr))
     return Utterance(audio=audio, sample_rate=sr, phonemes=tuple(phonemes), text=text, voice=voice)
+
+
+WORDS = (
+    "people", "paper", "maybe", "number", "problem", "power", "member", "public", "moment", "simple", "bob",
+    "map", "my", "me", "be", "by", "but", "big", "book", "boat", "bring", "mother", "brother", "morning", "market",
+    "music", "picture", "player", "perhaps", "point", "put", "pay", "peace", "pool", "pump", "bump", "bubble", "maple",
+    "baby", "ball", "blue", "black", "box", "bread", "mom", "moon", "mouse", "might", "must", "much", "more", "most",
+    "open", "small", "warm", "arm", "home", "time", "name", "game", "same", "come", "some", "from", "him", "them",
+    "the", "a", "an", "and", "of", "to", "in", "is", "it", "that", "was", "for", "on", "are", "with", "as", "they",
+    "at", "one", "have", "this", "had", "not", "what", "all", "were", "when", "we", "there", "can", "said", "each",
+    "which", "she", "do", "how", "their", "if", "will", "up", "other", "about", "out", "many", "then", "these",
+    "so", "would", "make", "like", "into", "look", "two", "way", "could", "see", "long", "day", "did", "get",
+    "now", "find", "water", "call", "who", "oil", "sit", "down", "side", "been", "first", "word", "cool", "food",
+    "good", "school", "true", "through", "blue", "new", "you", "few", "who", "zoo", "shoe", "go", "show", "no",
+    "slow", "know", "road", "cheese", "sea", "tea", "eat", "need", "keep", "feel", "free", "street", "key",
+    "father", "car", "far", "start", "heart", "hot", "top", "stop", "shop", "job", "drop", "happy", "apple", "cat",
+    "hand", "back", "last", "fast", "chair", "house", "window", "garden", "yellow", "orange", "river", "summer",
+)
+
+
+def random_text(rng: np.random.Generator, n_words: int = 60) -> list[str]:
+    """A seeded word sequence from `WORDS`, with commas/periods every few words (phrase pauses)."""
+    words = [WORDS[int(i)] for i in rng.integers(len(WORDS), size=n_words)]
+    out, since = [], 0
+    for w in words:
+        since += 1
+        if since >= 4 and rng.random() < 0.25:
+            w += "," if rng.random() < 0.6 else "."
+            since = 0
+        out.append(w)
+    return out
+
+
+def _sentence(words: list[str]) -> str:
+    text = " ".join(words).rstrip(",.")
+    parts = [p.strip() for p in text.split(".")]
+    return ". ".join(p[:1].upper() + p[1:] for p in parts if p) + "."
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipAudio:
+    """The clip's speech: utterance placed after `lead_s` of silence and padded to a whole number of frames."""
+
+    utterance: Utterance
+    audio: np.ndarray  # (N,) float32 at utterance.sample_rate
+    lead_s: float
+    n_frames: int
+
+
+def clip_speech(seed: tuple[int, ...], voice: Voice, min_s: float, max_s: float, fps: int) -> ClipAudio:
+    """Synthesize a random text whose clip (with silences) lasts between `min_s` and `max_s` when possible.
+
+    `seed` (a SeedSequence entropy tuple) fixes the text, target length and silences.
+
+    Words are added/removed from a fixed seeded sequence until the clip is the longest one not above the
+    target `max_s` drawn in [min_s, max_s]; a clip shorter than `min_s` is padded with trailing silence.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+    target = float(rng.uniform(min_s, max_s))
+    lead = float(rng.uniform(0.12, 0.3))
+    tail = float(rng.uniform(0.1, 0.25))
+    words = random_text(rng)
+
+    def speak(n: int) -> Utterance:
+        return synthesize(_sentence(words[:n]), voice)
+
+    n = max(1, int(round((target - lead - tail) * voice.rate_wpm / 60.0 * 0.9)))
+    utt = speak(n)
+    if lead + utt.duration_s + tail > target:
+        while n > 1 and lead + utt.duration_s + tail > target:
+            n -= 1
+            utt = speak(n)
+    else:
+        while n < len(words):
+            nxt = speak(n + 1)
+            if lead + nxt.duration_s + tail > target:
+                break
+            n, utt = n + 1, nxt
+    if lead + utt.duration_s + tail < min_s and n < len(words):
+        # Rather one word more (if it still fits under max_s) than a long padded silence.
+        nxt = speak(n + 1)
+        if lead + nxt.duration_s + tail <= max_s:
+            utt = nxt
+    total = max(lead + utt.duration_s + tail, min_s)
+    n_frames = int(math.ceil(total * fps - 1e-9))
+    sr = utt.sample_rate
+    n_samples = int(round(n_frames * sr / fps))
+    audio = np.zeros(n_samples, np.float32)
+    i0 = int(round(lead * sr))
+    seg = utt.audio[: max(0, n_samples - i0)]
+    audio[i0:i0 + len(seg)] = seg
+    return ClipAudio(utterance=utt, audio=audio, lead_s=i0 / sr, n_frames=n_frames)
+
+
+def clip_speech_isolated(seed: tuple[int, ...], voice: Voice, min_s: float, max_s: float, fps: int) -> ClipAudio:
+    """`clip_speech` in a fresh Python process, so the result does not depend on this process's history.
+
+    espeak-ng carries a little state from one message to the next (a few samples / ~1 ms of phoneme timing
+    differ when the same text is spoken after another one), and it cannot be re-initialised in-process
+    (``espeak_Terminate`` + ``espeak_Initialize`` hangs in 1.51). A clip's speech therefore runs in a
+    short-lived child interpreter that initialises espeak once: same seed → same samples, bit for bit.
+    The child only imports this module (numpy + ctypes, ~0.2 s); arguments and result travel as pickles.
+
+    Raises:
+        EspeakError: the child failed (its stderr is in the message).
+    """
+    root = str(Path(__file__).resolve().parents[2])  # the folder that contains the `pipeline` package
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "from pipeline.synth.tts import _clip_speech_child; _clip_speech_child()")
+    proc = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((seed, voice, min_s, max_s, fps)),
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise EspeakError(f"speech synthesis child failed for seed {seed}, voice {voice.name!r}: "
+                          f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
+    return pickle.loads(proc.stdout)
+
+
+def _clip_speech_child() -> None:
+    """Entry point of the child interpreter: pickled args on stdin → pickled `ClipAudio` on stdout."""
+    args = pickle.loads(sys.stdin.buffer.read())
+    result = clip_speech(*args)
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
