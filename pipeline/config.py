@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import types
-import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")

@@ -17,7 +17,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.io import load_npz, write_json
 from pipeline.preprocess import PreprocessConfig, run_preprocess
