@@ -26,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import logging
 import multiprocessing as mp
 import os
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 # Bump when pass-1 outputs change meaning, so stale cache entries are recomputed.
 CACHE_VERSION = 1
+STREAM_CHUNK_FRAMES = 128  # frames per decoded chunk when a clip is streamed
 VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
 
 
@@ -89,6 +91,7 @@ class PreprocessConfig:
         crop_scale: crop side = this × the face box side (the box being the union of the clip's smoothed boxes).
         expression_components: size of the PCA expression basis (64 in the SPEC layout).
         crf: x264 quality of the cropped clips (lower = better; 15 is visually lossless).
+        max_memory_mb: clips whose decoded frames would need more memory are streamed in chunks (decoded twice).
         split: speaker fractions per split.
     """
 
@@ -107,6 +110,7 @@ class PreprocessConfig:
     crop_scale: float = 1.8
     expression_components: int = 64
     crf: int = 15
+    max_memory_mb: int = 2048
     split: SplitConfig = SplitConfig()
 
     def validate(self) -> None:
@@ -126,7 +130,8 @@ class PreprocessConfig:
     def pass1_fingerprint(self, common: CommonConfig) -> dict[str, Any]:
         """The settings pass-1 outputs depend on (a change invalidates the cache)."""
         d = to_dict(self)
-        for k in ("workers", "split", "expression_components", "extensions", "face_alignment_weights"):
+        for k in ("workers", "split", "expression_components", "extensions", "face_alignment_weights",
+                  "max_memory_mb"):
             d.pop(k)
         return {"cache_version": CACHE_VERSION, "fps": common.fps, "sample_rate": common.sample_rate,
                 "image_size": common.image_size, **d}
@@ -225,15 +230,30 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         raise ClipRejected(src, "no_audio_stream", "has no audio track")
     if info.duration is not None and info.duration > cfg.max_duration_s:
         raise ClipRejected(src, "too_long", f"lasts {info.duration:.1f} s > max_duration_s {cfg.max_duration_s}")
+    if not info.has_video:
+        raise media.MediaError(src, "no_video_stream", "the file has audio only")
     wav = media.read_audio(src, sample_rate=common.sample_rate)  # (S,) float32 mono
-    video = media.read_video(src, fps=common.fps)
-    frames = video.frames  # (T, H, W, 3) uint8
-    n = frames.shape[0]
+
+    # Short clips are decoded once and kept in memory; long ones (HDTF videos run for minutes) are decoded twice
+    # in chunks — once for landmarks, once for crop + encoding — so memory stays bounded.
+    est_frames = math.ceil(info.duration * common.fps) + 1 if info.duration else None
+    in_memory = est_frames is not None and est_frames * info.width * info.height * 3 <= cfg.max_memory_mb * 2**20
+    if in_memory:
+        frames = media.read_video(src, fps=common.fps).frames  # (T, H, W, 3) uint8
+
+        def chunks() -> Iterator[np.ndarray]:
+            yield frames
+    else:
+        def chunks() -> Iterator[np.ndarray]:
+            for part in media.iter_video_chunks(src, fps=common.fps, chunk=STREAM_CHUNK_FRAMES):
+                yield part.frames  # (t, H, W, 3)
+
+    track: FaceTrack = backend.process_stream(chunks())
+    n = track.num_frames
     duration = n / common.fps
     if duration < cfg.min_duration_s:
         raise ClipRejected(src, "too_short", f"lasts {duration:.2f} s ({n} frames at {common.fps} fps) "
                                              f"< min_duration_s {cfg.min_duration_s}")
-    track: FaceTrack = backend.process(frames)
     found = track.scores > 0  # (T,)
     face_fraction = float(found.mean())
     if face_fraction == 0:
@@ -246,12 +266,10 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         raise ClipRejected(src, "multiple_faces", f"several faces in {multi:.0%} of frames "
                                                   f"> max_multi_face_fraction {cfg.max_multi_face_fraction:.0%}")
 
-    h, w = frames.shape[1:3]
+    h, w = info.height, info.width
     boxes = crop_mod.smooth_boxes(track.boxes, window=cfg.box_smoothing_frames)  # (T, 4)
     crop = crop_mod.fixed_crop(boxes, (h, w), scale=cfg.crop_scale)
     size = common.image_size
-    cropped = crop_mod.apply_crop(frames, crop, size)  # (T, S, S, 3)
-    del frames
     lms = _interpolate_missing(track.landmarks)  # (T, 68, 3) in source pixels
     lms = crop_mod.transform_landmarks(lms, crop, size).astype(np.float32)  # (T, 68, 3) in crop pixels
     pose = coeffs_mod.fit_pose(lms, image_size=size)
@@ -263,6 +281,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     feats = audio_features.compute_features(wav, common.sample_rate)
 
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
+    cropped = (crop_mod.apply_crop(c, crop, size) for c in chunks())  # (t, S, S, 3) per chunk
     media.write_video(clip_path, cropped, fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
 
     meta = {

@@ -24,6 +24,7 @@ import os
 import pickle
 import warnings
 from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 import numpy as np
@@ -91,6 +92,18 @@ class FaceTrack:
             num_faces=np.zeros(num_frames, np.int32),
         )
 
+    @classmethod
+    def concatenate(cls, tracks: Sequence[FaceTrack]) -> FaceTrack:
+        """Join the tracks of consecutive chunks of one clip."""
+        if not tracks:
+            return cls.empty(0)
+        return cls(
+            landmarks=np.concatenate([t.landmarks for t in tracks]),
+            boxes=np.concatenate([t.boxes for t in tracks]),
+            scores=np.concatenate([t.scores for t in tracks]),
+            num_faces=np.concatenate([t.num_faces for t in tracks]),
+        )
+
     @property
     def num_frames(self) -> int:
         return len(self.landmarks)
@@ -108,6 +121,10 @@ class LandmarkBackend(Protocol):
 
     def process(self, frames: np.ndarray) -> FaceTrack:
         """Frames (T, H, W, 3) uint8 RGB of one clip → its `FaceTrack`."""
+        ...
+
+    def process_stream(self, chunks: Iterable[np.ndarray]) -> FaceTrack:
+        """The same for one clip given as consecutive (t, H, W, 3) chunks (long videos, bounded memory)."""
         ...
 
     def close(self) -> None:
@@ -196,9 +213,11 @@ class MediapipeBackend:
 
     def process(self, frames: np.ndarray) -> FaceTrack:
         """Detect and landmark every frame of one clip (a fresh FaceMesh, so no state from earlier clips)."""
-        frames = _check_frames(frames)
-        T, H, W, _ = frames.shape
-        track = FaceTrack.empty(T)
+        return self.process_stream([frames])
+
+    def process_stream(self, chunks: Iterable[np.ndarray]) -> FaceTrack:
+        """`process` for a clip given as consecutive chunks; the face mesh keeps tracking across chunks."""
+        tracks: list[FaceTrack] = []
         mesh_model = self._mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False,
             max_num_faces=2,
@@ -210,32 +229,36 @@ class MediapipeBackend:
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
         try:
-            for t in range(T):
-                frame = np.ascontiguousarray(frames[t])
-                boxes, scores = self._detect(frame)
-                keep = scores >= self.min_confidence
-                boxes, scores = boxes[keep], scores[keep]
-                track.num_faces[t] = len(scores)
-                primary_box = None
-                if len(scores):
-                    i = _primary(boxes, scores)
-                    primary_box = boxes[i]
-                    track.boxes[t] = primary_box
-                    track.scores[t] = scores[i]
-                pts = self._meshes(mesh_model, frame)  # (M, 478, 3)
-                j = self._match(pts, primary_box)
-                if j is None and primary_box is not None:
-                    # Small faces (wide shots) are below the mesh's own short-range detector: retry on a
-                    # square region around the detection, upsampled by the mesh model itself.
-                    pts = self._roi_mesh(roi_model, frame, primary_box)
+            for frames in chunks:
+                frames = _check_frames(frames)
+                track = FaceTrack.empty(len(frames))
+                tracks.append(track)
+                for t in range(len(frames)):
+                    frame = np.ascontiguousarray(frames[t])
+                    boxes, scores = self._detect(frame)
+                    keep = scores >= self.min_confidence
+                    boxes, scores = boxes[keep], scores[keep]
+                    track.num_faces[t] = len(scores)
+                    primary_box = None
+                    if len(scores):
+                        i = _primary(boxes, scores)
+                        primary_box = boxes[i]
+                        track.boxes[t] = primary_box
+                        track.scores[t] = scores[i]
+                    pts = self._meshes(mesh_model, frame)  # (M, 478, 3)
                     j = self._match(pts, primary_box)
-                if j is None:
-                    continue
-                track.landmarks[t] = mediapipe_to_68(pts[j])
+                    if j is None and primary_box is not None:
+                        # Small faces (wide shots) are below the mesh's own short-range detector: retry on a
+                        # square region around the detection, upsampled by the mesh model itself.
+                        pts = self._roi_mesh(roi_model, frame, primary_box)
+                        j = self._match(pts, primary_box)
+                    if j is None:
+                        continue
+                    track.landmarks[t] = mediapipe_to_68(pts[j])
         finally:
             mesh_model.close()
             roi_model.close()
-        return track
+        return FaceTrack.concatenate(tracks)
 
     @staticmethod
     def _meshes(model: object, image: np.ndarray) -> np.ndarray:
@@ -344,6 +367,10 @@ class FaceAlignmentBackend:
             },
             compile=False,
         )
+
+    def process_stream(self, chunks: Iterable[np.ndarray]) -> FaceTrack:
+        """`process` for a clip given as consecutive chunks (frames are independent for SFD + FAN)."""
+        return FaceTrack.concatenate([self.process(c) for c in chunks])
 
     def process(self, frames: np.ndarray) -> FaceTrack:
         """Detect (SFD) and landmark (FAN) every frame of one clip."""

@@ -21,6 +21,19 @@ from pipeline.geometry import rotation_matrix
 
 # Model-frame layout (head half-height = 1). Values that vary per speaker are in `Appearance`.
 PIVOT = np.array([0.0, 0.55, 0.15])  # rotation centre: top of the neck
+# Head depth (z semi-axis of the cranium; the jaw and the hair shells follow it). Pose is recovered from pixels by
+# mediapipe, which reads a face through a human shape prior, so the head's depth *relative to its eye spacing* must
+# be human: under yaw the features slide across the face towards the side contour by (depth of the face front in
+# front of that contour) · sin(yaw), and mediapipe converts that slide into an angle with human proportions. The
+# first version (depth 0.92, eye centres ±0.30) put the nose root ≈ 1.07 outer-eye-corner distances (IOD) in front
+# of the side contour, where TEMPLATE_68 (mediapipe's canonical face) has ≈ 0.8–0.85 (nose root 27 vs contour
+# points 0/16, 1/15), and every recovered yaw came out ≈ 1.18× too large — the whole mesh, all point subsets, the
+# 3D fit and the x/y-only fit alike, so neither our fit nor mediapipe's z scale was at fault; nose protrusion
+# (×0.6…×1.5) moved it by < 0.01. Depth 0.86 together with wider-set eyes (`sample_appearance`: centres ±0.32…0.40,
+# eyes 10 % larger, outer-corner distance ≈ 1.0) gives ≈ 0.86 IOD and a recovered yaw gain of 1.00 (seeds 0–5,
+# ±20°, every delta within 2°); the pitch gain went from 0.68× to 0.75× and roll stayed 1.0×. (A shallower head
+# alone, with the old eyes, also fixed yaw but lowered the pitch gain to 0.56×.)
+HEAD_DEPTH = 0.86
 EYE_Y = -0.12
 BROW_Y = -0.34
 MOUTH_Y = 0.56
@@ -92,8 +105,8 @@ def sample_appearance(rng: np.random.Generator, frame_size: tuple[int, int]) -> 
         scale_px=float(scale),
         head_width=float(rng.uniform(0.72, 0.84)),
         jaw_width=float(rng.uniform(0.74, 0.86)),
-        eye_spacing=float(rng.uniform(0.27, 0.33)),
-        eye_size=float(rng.uniform(0.115, 0.14)),
+        eye_spacing=float(rng.uniform(0.324, 0.396)),  # wide enough for human depth/IOD (see HEAD_DEPTH)
+        eye_size=float(rng.uniform(0.1265, 0.154)),
         nose_length=float(rng.uniform(0.9, 1.15)),
         nose_width=float(rng.uniform(0.85, 1.2)),
         mouth_width=float(rng.uniform(0.20, 0.25)),
@@ -154,12 +167,13 @@ class FaceRenderer:
 
     # --- geometry -------------------------------------------------------------------------------------------
     def _cranium(self) -> _Ellipsoid:
-        return _Ellipsoid(np.array([0.0, -0.05, 0.0]), np.array([self.app.head_width, 1.0, 0.92]), "skin",
+        return _Ellipsoid(np.array([0.0, -0.05, 0.0]), np.array([self.app.head_width, 1.0, HEAD_DEPTH]), "skin",
                           blend=True)
 
     def _jaw(self, drop: float) -> _Ellipsoid:
-        return _Ellipsoid(np.array([0.0, 0.40 + drop, -0.13]),
-                          np.array([self.app.head_width * self.app.jaw_width, 0.58, 0.72]), "skin", blend=True)
+        k = HEAD_DEPTH / 0.92  # jaw depth and forward offset scale with the cranium's (designed at depth 0.92)
+        return _Ellipsoid(np.array([0.0, 0.40 + drop, -0.13 * k]),
+                          np.array([self.app.head_width * self.app.jaw_width, 0.58, 0.72 * k]), "skin", blend=True)
 
     def _head_parts(self, drop: float) -> list[_Ellipsoid]:
         a = self.app
@@ -172,10 +186,10 @@ class FaceRenderer:
                                     np.array([0.07, 0.19, 0.11]), "skin"))
         if a.hair_style != "crop":
             parts.append(_Ellipsoid(np.array([0.0, -0.1, 0.04]),
-                                    np.array([a.head_width * 1.08, 1.0, 1.0]), "hair", "hair_cap"))
+                                    np.array([a.head_width * 1.08, 1.0, HEAD_DEPTH + 0.08]), "hair", "hair_cap"))
         else:
             parts.append(_Ellipsoid(np.array([0.0, -0.07, 0.02]),
-                                    np.array([a.head_width * 1.025, 1.0, 0.95]), "hair", "hair_cap"))
+                                    np.array([a.head_width * 1.025, 1.0, HEAD_DEPTH + 0.03]), "hair", "hair_cap"))
         if a.hair_style == "long":
             parts.append(_Ellipsoid(np.array([0.0, 0.35, 0.30]),
                                     np.array([a.head_width * 1.14, 1.05, 0.78]), "hair", "hair_long"))
