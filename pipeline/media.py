@@ -499,3 +499,22 @@ def write_video(
         finally:
             if os.path.exists(tmp_name):
                 os.remove(tmp_name)
+
+
+def video_to_gif(src: str | os.PathLike[str], dst: str | os.PathLike[str], fps: float = 12.5, width: int = 192) -> None:
+    """Convert a video to a small palette GIF (MLflow's UI previews GIFs reliably, mp4 not), atomically."""
+    ffmpeg_bin = _require("ffmpeg")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp.{dst.stem}.", suffix=".gif")
+    os.close(fd)
+    graph = f"fps={fps},scale={width}:-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse"
+    try:
+        proc = subprocess.run([ffmpeg_bin, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+                               "-vf", graph, "-f", "gif", tmp_name], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{dst}: ffmpeg failed making a GIF from {src}:\n{proc.stderr.decode(errors='replace')}")
+        os.replace(tmp_name, dst)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)

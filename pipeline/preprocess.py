@@ -417,7 +417,8 @@ class PreprocessSummary:
     def metrics(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rejected_total"] = sum(self.rejected.values())
-        d["throughput_fps"] = self.frames_processed / self.seconds_pass1 if self.seconds_pass1 > 0 else 0.0
+        # Throughput of the clips processed in this run (null when every clip came from the cache).
+        d["throughput_fps"] = self.frames_processed / self.seconds_pass1 if self.frames_processed else None
         return d
 
 

@@ -6,7 +6,8 @@ Runs under DVC (`dvc repro preprocess`) or on any folder:
 
 Outputs under --out: clips/<id>.mp4 (256x256 crops with audio), features/<id>.npz, manifest.parquet,
 rejected.csv, expression_basis.npz, cache/ (per-clip pass-1 results: a rerun only processes new or changed
-videos). Under --reports: metrics.json, contact_sheet.png.
+videos). Under --reports: metrics.json, contact_sheet.png, sample_landmarks.mp4/.gif (one clip with its landmarks, head
+angles and audio).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import logging
 import os
 from pathlib import Path
 
+
+import numpy as np
 
 from pipeline.io import load_npz, write_json
 from pipeline.preprocess import PreprocessConfig, run_preprocess
@@ -76,6 +79,37 @@ def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
     viz.save_png(path, viz.contact_sheet(tiles, labels))
 
 
+def write_sample_video(out_dir: Path, reports: Path) -> None:
+    """One clip (the first of the test split, else the first) with its 68 landmarks and head angles drawn, with
+    its audio: `sample_landmarks.mp4`, and a small `sample_landmarks.gif` for MLflow's preview."""
+    import cv2
+    import pandas as pd
+
+    from pipeline import media, viz
+    from pipeline.geometry import DEG_PER_RAD
+
+    manifest_path = out_dir / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else pd.DataFrame()
+    if manifest.empty:
+        return
+    test = manifest[manifest.split == "test"]
+    row = (test if len(test) else manifest).iloc[0]
+    frames = media.read_video(out_dir / row.clip_path, fps=int(row.fps)).frames  # (T, S, S, 3)
+    feats = load_npz(out_dir / row.features_path)
+    n = min(len(frames), len(feats["landmarks"]))
+    drawn = np.empty_like(frames[:n])
+    for t in range(n):
+        img = viz.draw_landmarks(frames[t], feats["landmarks"][t])
+        yaw, pitch, roll = feats["coeffs"][t, 64:67] * DEG_PER_RAD
+        cv2.putText(img, f"yaw {yaw:+5.1f} pitch {pitch:+5.1f} roll {roll:+5.1f}", (4, 14),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        drawn[t] = img
+    wav = feats["wav"][: round(n * int(row.sample_rate) / int(row.fps))]
+    media.write_video(reports / "sample_landmarks.mp4", drawn, fps=int(row.fps), audio=wav,
+                      sample_rate=int(row.sample_rate))
+    media.video_to_gif(reports / "sample_landmarks.mp4", reports / "sample_landmarks.gif")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sc.setup_logging(args.verbose)
@@ -100,14 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         args.reports.mkdir(parents=True, exist_ok=True)
         write_json(args.reports / "metrics.json", metrics)
         write_contact_sheet(args.out, args.reports / "contact_sheet.png")
+        write_sample_video(args.out, args.reports)
         tracker.log_metrics(sc.numeric_metrics(metrics))
         sc.log_report_folder(tracker, args.reports)
         for name in ("manifest.parquet", "rejected.csv"):
             if (args.out / name).is_file():
                 tracker.log_artifact(args.out / name, "data")
-    log.info("preprocess: %d/%d clips usable, %d rejected %s, %.1f frames/s, %.1f s in all",
-             metrics["clips_out"], metrics["clips_in"], metrics["rejected_total"], metrics["rejected"],
-             metrics["throughput_fps"], metrics["seconds_total"])
+    log.info("preprocess: %d/%d clips usable (%d processed, %d cached), %d rejected %s, %s frames/s, %.1f s in all",
+             metrics["clips_out"], metrics["clips_in"], metrics["processed"], metrics["cached"],
+             metrics["rejected_total"], metrics["rejected"],
+             f"{metrics['throughput_fps']:.1f}" if metrics["throughput_fps"] else "-", metrics["seconds_total"])
     return 0
 
 
