@@ -51,7 +51,7 @@ from pipeline.io import atomic_path, load_npz, remove_stale_temps, save_npz, wri
 log = logging.getLogger(__name__)
 
 # Bump when pass-1 outputs change meaning, so stale cache entries are recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 STREAM_CHUNK_FRAMES = 128  # frames per decoded chunk when a clip is streamed
 VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
 
@@ -149,9 +149,10 @@ class ClipRejected(Exception):
 
 @dataclass(frozen=True)
 class ClipJob:
-    src: Path
-    clip_id: str
+    src: Path  # the video file
+    clip_id: str  # path under the raw folder without extension
     speaker: str
+    rel: str  # path under the raw folder (what reports show: independent of where the data lives)
 
 
 @dataclass
@@ -186,7 +187,7 @@ def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> tup
             continue
         seen[clip_id] = p
         speaker = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        jobs.append(ClipJob(p, clip_id, speaker))
+        jobs.append(ClipJob(p, clip_id, speaker, rel.as_posix()))
     return jobs, rejected
 
 
@@ -285,7 +286,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     media.write_video(clip_path, cropped, fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
 
     meta = {
-        "clip_id": job.clip_id, "speaker": job.speaker, "source": str(src),
+        "clip_id": job.clip_id, "speaker": job.speaker, "source": job.rel,
         "source_fps": info.fps, "source_width": info.width, "source_height": info.height,
         "source_duration_s": info.duration, "source_sample_rate": info.audio_sample_rate,
         "source_channels": info.audio_channels,
@@ -300,7 +301,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
              rotation=pose.rotation.astype(np.float32), translation=pose.translation.astype(np.float32),
              scale=pose.scale.astype(np.float32), aligned=pose.aligned.astype(np.float32),
              wav=wav.astype(np.float32), mel=feats.mel, mfcc=feats.mfcc, fbank=feats.fbank)
-    return ClipOutcome(job.clip_id, str(src), "done", frames=n, seconds=duration)
+    return ClipOutcome(job.clip_id, job.rel, "done", frames=n, seconds=duration)
 
 
 def _cached(out_dir: Path, job: ClipJob, fingerprint: str) -> bool:
@@ -353,13 +354,17 @@ def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
         reason = f"error:{type(err).__name__}"
         message = f"{job.src}: {err}"
         log.debug("clip %s failed:\n%s", job.src, traceback.format_exc())
-    write_json(rej_path, {"fingerprint": fingerprint, "reason": reason, "message": message})
-    return ClipOutcome(job.clip_id, str(job.src), "rejected", reason, message)
+    message = message.replace(str(job.src), job.rel)  # reports name files relative to the raw folder
+    if reason.startswith("error:"):
+        rej_path.unlink(missing_ok=True)  # unexpected failures (a bug, a full disk) are retried by the next run
+    else:
+        write_json(rej_path, {"fingerprint": fingerprint, "reason": reason, "message": message})
+    return ClipOutcome(job.clip_id, job.rel, "rejected", reason, message)
 
 
 def _cached_outcome(out_dir: Path, job: ClipJob, fingerprint: str) -> ClipOutcome | None:
     if _cached(out_dir, job, fingerprint):
-        return ClipOutcome(job.clip_id, str(job.src), "cached")
+        return ClipOutcome(job.clip_id, job.rel, "cached")
     rej = _rejection_cache_path(out_dir, job)
     if rej.is_file():
         try:
@@ -367,7 +372,7 @@ def _cached_outcome(out_dir: Path, job: ClipJob, fingerprint: str) -> ClipOutcom
         except (OSError, ValueError):
             return None
         if data.get("fingerprint") == fingerprint:
-            return ClipOutcome(job.clip_id, str(job.src), "rejected", data["reason"], data["message"])
+            return ClipOutcome(job.clip_id, job.rel, "rejected", data["reason"], data["message"])
     return None
 
 
@@ -454,7 +459,7 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
         rows.append({
             "clip_id": j.clip_id, "speaker": j.speaker, "split": splits[j.speaker],
             "clip_path": f"clips/{j.clip_id}.mp4", "features_path": f"features/{j.clip_id}.npz",
-            "source": Path(meta["source"]).name, "frames": meta["frames"], "duration_s": meta["duration_s"],
+            "source": meta["source"], "frames": meta["frames"], "duration_s": meta["duration_s"],
             "fps": common.fps, "sample_rate": common.sample_rate, "image_size": common.image_size,
             "source_fps": meta["source_fps"], "source_width": meta["source_width"],
             "source_height": meta["source_height"], "source_sample_rate": meta["source_sample_rate"],
@@ -573,7 +578,7 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
     rejected = sorted((o for o in outcomes if o.status == "rejected"), key=lambda o: o.clip_id)
-    rej_df = pd.DataFrame([{"clip_id": o.clip_id, "source": Path(o.src).name, "reason": o.reason,
+    rej_df = pd.DataFrame([{"clip_id": o.clip_id, "source": o.src, "reason": o.reason,
                             "message": _relative_message(o.message, raw_dir)} for o in rejected],
                           columns=["clip_id", "source", "reason", "message"])
     with atomic_path(out_dir / "rejected.csv") as tmp:
