@@ -7,11 +7,27 @@ rejection reason.
 Video is resampled to the pipeline frame rate by presentation timestamps, never by "every n-th frame": output
 frame k shows the source frame on screen at time ``k / fps`` (measured from the first frame), so 24/30/60 fps and
 variable-frame-rate inputs all map to the same clock as the audio.
+
+Conventions for real-world inputs:
+
+- **Clock.** Time 0 of a file is the presentation time of its first video frame (``MediaInfo.video_start``). Output
+  video frame k is the frame on screen at ``video_start + k / fps``, and :func:`read_audio` sample j plays at
+  ``video_start + j / sample_rate``: audio that starts later than the video is preceded by silence, audio that
+  starts earlier (or AAC priming that a container does not trim, as in MPEG-TS) is cut. Files without video use
+  the audio stream's own start.
+- **Rotation.** Phone recordings store the picture sideways plus a display matrix (ffprobe:
+  ``side_data_list[].rotation``, legacy ``tags.rotate``). :attr:`MediaInfo.rotation` is the *clockwise* rotation, in
+  degrees (0/90/180/270), that turns the stored picture into the displayed one; frames from :func:`read_video` /
+  :func:`iter_video_chunks` are already rotated (``np.rot90(stored, k=-rotation // 90)``) and so look like the
+  output of ``ffmpeg -i file out.png`` (which auto-rotates); ``MediaInfo.width/height`` are the *displayed* size,
+  i.e. the size of those frames.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 import os
 import shutil
@@ -40,7 +56,12 @@ MEDIA_ERROR_REASONS = (
     "decode_error",  # container opened but decoding frames/samples failed
 )
 
-TIMESTAMP_TOLERANCE_S = 1e-3  # s; container time bases round timestamps (mkv: 1 ms), a frame this early is "on time"
+# s; a frame that starts this much after an output time still counts as on screen at it. It only has to absorb
+# float error: decord returns float32 seconds (half an ulp is 6e-8 * t, added in resample_indices), and mkv's 1 ms
+# time base stores the common rates' coincidences with k / 25 exactly. It must stay well below 0.2 ms, by which
+# 29.97 fps frame 6 (0.2002 s) starts after output frame 5 (0.2 s); 1 ms picked that frame too early.
+TIMESTAMP_TOLERANCE_S = 1e-5
+END_TOLERANCE_S = 1e-3  # s; see resample_indices
 DEFAULT_CRF = 15  # libx264 constant rate factor, visually near-lossless
 DEFAULT_PRESET = "medium"  # libx264 preset
 DEFAULT_AUDIO_BITRATE = "192k"  # AAC
@@ -104,12 +125,22 @@ class MediaInfo:
     Attributes:
         path: the probed file.
         duration: seconds (container duration, else the video's, else the audio's); None if unknown.
-        width, height: pixels of the first video stream.
+        width, height: *displayed* size of the first video stream in pixels, i.e. the stored size with width and
+            height swapped when ``rotation`` is 90 or 270 — the size of the frames :func:`read_video` returns.
         fps: average frame rate (``avg_frame_rate``; ``r_frame_rate`` or frames/duration when that is 0/0).
         variable_fps: True when avg and real base frame rates disagree (VFR) — resample by timestamps.
         n_frames: frame count from the stream header when the container stores it (mp4/mov), else None.
         video_codec, audio_codec: codec names.
         audio_sample_rate: Hz; audio_channels: count.
+        rotation: clockwise rotation in degrees (0, 90, 180, 270) from the stored to the displayed picture. ffprobe
+            reports the display matrix as ``side_data_list[].rotation`` = the *counter-clockwise* angle
+            (``av_display_rotation_get``), so ``rotation = -side_data_rotation mod 360``; e.g. an iPhone portrait
+            video stores 1920x1080 with side-data rotation -90 -> ``rotation`` 90, displayed 1080x1920. The
+            legacy ``tags.rotate`` (older muxers/ffprobe) is already clockwise. Other angles are rounded to the
+            nearest multiple of 90; mirroring in the display matrix is ignored.
+        video_start, audio_start: ``start_time`` of the two streams in seconds (None if unknown); see the module
+            docstring for how they define the common clock.
+        video_stream: absolute index of the video stream used (cover art skipped).
     """
 
     path: str
@@ -123,6 +154,17 @@ class MediaInfo:
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
     audio_codec: str | None = None
+    rotation: int = 0
+    video_start: float | None = None
+    audio_start: float | None = None
+    video_stream: int | None = None
+
+    @property
+    def stored_size(self) -> tuple[int, int] | None:
+        """(width, height) of the picture as stored in the stream, before the display rotation."""
+        if self.width is None or self.height is None:
+            return None
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
     @property
     def has_video(self) -> bool:
@@ -152,14 +194,45 @@ def _float(text: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _rotation(stream: dict[str, Any]) -> int:
+    """Clockwise display rotation (0/90/180/270) of a video stream from ffprobe's JSON; see :class:`MediaInfo`."""
+    for side in stream.get("side_data_list") or []:
+        ccw = _float(side.get("rotation"))  # av_display_rotation_get: counter-clockwise degrees
+        if ccw is not None:
+            return int(round(-ccw / 90)) % 4 * 90
+    cw = _float((stream.get("tags") or {}).get("rotate"))  # legacy tag: clockwise degrees
+    return int(round(cw / 90)) % 4 * 90 if cw is not None else 0
+
+
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """Probe a media file with ffprobe (``ffmpeg.probe``).
+
+    Results are cached per (path, size, mtime, inode), so that :func:`read_video` / :func:`read_audio`, which need
+    the rotation and stream start times, do not pay ffprobe's start-up (~90 ms) again after the caller probed.
 
     Raises:
         MediaError: ``not_found``, ``unreadable`` or ``corrupt`` with ffprobe's last meaningful stderr line.
     """
     _require("ffprobe")
     path = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MediaError(path, "not_found") from None
+    except OSError:
+        st = None  # let ffprobe say what is wrong
+    if st is None:
+        return _probe(path)
+    return _probe_cached(path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_cached(path: str, size: int, mtime_ns: int, inode: int) -> MediaInfo:
+    del size, mtime_ns, inode  # cache key only: a rewritten file is probed again
+    return _probe(path)
+
+
+def _probe(path: str) -> MediaInfo:
     if not os.path.exists(path):
         raise MediaError(path, "not_found")
     try:
@@ -184,9 +257,16 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         fps = avg or real
         if fps is None and n_frames and info["duration"]:
             fps = n_frames / info["duration"]
+        rotation = _rotation(video)
+        width, height = int(video["width"]), int(video["height"])
+        if rotation in (90, 270):
+            width, height = height, width
         info.update(
-            width=int(video["width"]),
-            height=int(video["height"]),
+            width=width,
+            height=height,
+            rotation=rotation,
+            video_start=_float(video.get("start_time")),
+            video_stream=int(video["index"]) if "index" in video else None,
             fps=fps,
             variable_fps=bool(avg and real and abs(avg - real) > 1e-3 * real),
             n_frames=n_frames or None,
@@ -197,6 +277,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             audio_sample_rate=int(audio["sample_rate"]) if audio.get("sample_rate") else None,
             audio_channels=int(audio["channels"]) if audio.get("channels") else None,
             audio_codec=audio.get("codec_name"),
+            audio_start=_float(audio.get("start_time")),
         )
     return MediaInfo(**info)
 
@@ -217,7 +298,12 @@ def check_duration(info: MediaInfo, min_seconds: float) -> None:
 # Audio
 # ---------------------------------------------------------------------------------------------------------------
 def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream, downmixed to mono and resampled by ffmpeg.
+    """Decode the first audio stream, downmixed to mono and resampled by ffmpeg, on the video's clock.
+
+    Sample 0 plays at the first video frame's presentation time (``MediaInfo.video_start``), the time of
+    ``read_video(path).frames[0]``: when the audio stream starts later (``audio_start > video_start``) that many
+    samples of silence are prepended, when it starts earlier they are cut. ffmpeg's raw output itself starts at
+    the audio stream's first sample and does not fill the lead-in. Audio-only files start at their first sample.
 
     Returns:
         (S,) float32 mono at ``sample_rate`` Hz.
@@ -243,6 +329,15 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
     wav = np.frombuffer(out, dtype="<f4").astype(np.float32)  # copy: frombuffer is read-only
     if wav.size == 0:
         raise MediaError(path, "decode_error", "audio stream decoded to 0 samples")
+    info = probe(path)  # cached after the caller's probe
+    if info.has_video and info.video_start is not None and info.audio_start is not None:
+        shift = round((info.audio_start - info.video_start) * sample_rate)
+        if shift > 0:
+            wav = np.concatenate([np.zeros(shift, np.float32), wav])
+        elif shift < 0:
+            wav = wav[-shift:]
+            if wav.size == 0:
+                raise MediaError(path, "decode_error", "the audio ends before the first video frame")
     return wav
 
 
@@ -284,11 +379,13 @@ def resample_indices(frame_starts: np.ndarray, clip_end: float, fps: float) -> n
     """
     starts = np.asarray(frame_starts, dtype=np.float64) - frame_starts[0]  # (N,)
     duration = float(clip_end - frame_starts[0])
-    n_out = max(1, math.ceil(duration * fps - TIMESTAMP_TOLERANCE_S * fps))
+    # the clip end is a rounded container value (mkv: 1 ms): an output frame needs 1 ms of picture to count
+    n_out = max(1, math.ceil(duration * fps - END_TOLERANCE_S * fps))
     times = np.arange(n_out) / fps  # (T,)
+    tolerance = TIMESTAMP_TOLERANCE_S + 1.2e-7 * (np.abs(times) + abs(float(frame_starts[0])))  # float32 ulps
     # A frame is shown from its start until the next frame's start. Sort by start in case of odd decode orders.
     order = np.argsort(starts, kind="stable")
-    chosen = np.searchsorted(starts[order], times + TIMESTAMP_TOLERANCE_S, side="right") - 1  # (T,)
+    chosen = np.searchsorted(starts[order], times + tolerance, side="right") - 1  # (T,)
     return order[np.clip(chosen, 0, starts.size - 1)].astype(np.int64)
 
 
@@ -309,16 +406,30 @@ def _open_failure(path: str, err: BaseException) -> MediaError:
     return MediaError(path, "decode_error", _decord_message(err))
 
 
-class _VideoSource:
-    """An open decord reader plus the resampling plan of one file.
+def _open_source(path: str, fps: float) -> _VideoSource | _FFmpegVideoSource:
+    """The decoder for one file: decord, or the ffmpeg CLI for files with a display rotation.
 
-    The happy path does not run ffprobe (its start-up alone costs ~90 ms, more than decoding a short clip);
-    only when decord fails is the file probed, to report ``not_found`` / ``corrupt`` / ``no_video_stream``.
+    decord 0.6 cannot be used on rotated files: it applies the display matrix itself, correctly for 180° but for
+    90°/270° it allocates the output with the stored size and ``get_batch`` fails ("from_size == to_size").
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    info = probe(path)  # cached; raises not_found / corrupt / unreadable
+    if not info.has_video:
+        raise MediaError(path, "no_video_stream")
+    if info.rotation:
+        return _FFmpegVideoSource(path, fps, info)
+    return _VideoSource(path, fps)
+
+
+class _VideoSource:
+    """An open decord reader plus the resampling plan of one file (no display rotation).
+
+    decord's timestamps are relative to the video stream's start, i.e. already on the clock of the module
+    docstring.
     """
 
     def __init__(self, path: str, fps: float) -> None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
         self.path = path
         # Non-ASCII file names (clip_é_日本.mp4) open fine: decord passes the name as UTF-8 (tested).
         try:
@@ -347,6 +458,99 @@ class _VideoSource:
         self.reader = None  # decord releases the decoder when the reader is collected
 
 
+class _FFmpegVideoSource:
+    """Sequential decoding through the ffmpeg CLI, for rotated files (see :func:`_open_source`).
+
+    The resampling plan comes from the packet timestamps (``ffprobe -show_entries packet``: demuxing only, no
+    decoding); ffmpeg then decodes every frame (``-vsync passthrough``, ``-noautorotate``) in presentation order
+    and the frames are rotated here with ``np.rot90`` by ``info.rotation``. Source indices are presentation-order
+    indices. ``get`` must be called with non-decreasing indices across calls (read_video and iter_video_chunks do).
+    """
+
+    def __init__(self, path: str, fps: float, info: MediaInfo) -> None:
+        self.path = path
+        self.rotation = info.rotation
+        self.video_stream = info.video_stream
+        assert info.stored_size is not None
+        self.width, self.height = info.stored_size
+        stream = info.video_stream if info.video_stream is not None else 0
+        ffprobe = _require("ffprobe")
+        proc = subprocess.run(
+            [ffprobe, "-v", "error", "-select_streams", str(stream), "-show_entries",
+             "packet=pts_time,duration_time,flags", "-of", "json", path],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            line = _last_meaningful_line(proc.stderr)
+            raise MediaError(path, _reason_from_stderr(line, "decode_error"), line)
+        packets = json.loads(proc.stdout or b"{}").get("packets", [])
+        # 'D': packets the demuxer marks as discarded (outside an mp4 edit list); the decoder drops their frames.
+        kept = [(_float(pk.get("pts_time")), _float(pk.get("duration_time"))) for pk in packets
+                if "D" not in str(pk.get("flags", ""))]  # fmt: skip
+        kept = [(t, d) for t, d in kept if t is not None]
+        if not kept:
+            raise MediaError(path, "decode_error", "no video packets with timestamps")
+        starts = np.sort(np.array([t for t, _ in kept], dtype=np.float64))  # (N,) presentation order
+        step = float(np.median(np.diff(starts))) if starts.size > 1 else 1.0 / (info.fps or fps)
+        end = max(t + (d if d else step) for t, d in kept)
+        self.n_source = int(starts.size)
+        self.source_fps = float(info.fps or (self.n_source / max(end - starts[0], 1e-9)))
+        self.indices = resample_indices(starts, end, fps)  # (T,)
+        self.frame_bytes = self.width * self.height * 3
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr: Any = None
+        self.position = 0  # number of frames read so far
+        self.current: np.ndarray | None = None  # (H, W, 3) displayed frame position - 1
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        ffmpeg_bin = _require("ffmpeg")
+        self.stderr = tempfile.TemporaryFile()
+        stream = "0:v:0" if self.video_stream is None else f"0:{self.video_stream}"
+        cmd = [ffmpeg_bin, "-nostdin", "-hide_banner", "-loglevel", "error", "-noautorotate", "-i", self.path,
+               "-map", stream, "-vsync", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]  # fmt: skip
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr)
+
+    def _read_frame(self) -> np.ndarray:
+        if self.proc is None:
+            self.proc = self._start()
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(self.frame_bytes)
+        if len(data) != self.frame_bytes:
+            self.proc.wait()
+            self.stderr.seek(0)
+            line = _last_meaningful_line(self.stderr.read())
+            raise MediaError(self.path, "decode_error",
+                             f"ffmpeg decoded {self.position} of {self.n_source} frames" + (f": {line}" if line else ""))
+        frame = np.frombuffer(data, np.uint8).reshape(self.height, self.width, 3)
+        # clockwise by `rotation` = counter-clockwise by -rotation; np.rot90 turns counter-clockwise for k > 0
+        return np.ascontiguousarray(np.rot90(frame, k=-self.rotation // 90))
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Displayed source frames ``indices`` (non-decreasing, not before an earlier call's) -> (n, H', W', 3)."""
+        out: list[np.ndarray] = []
+        for i in indices.tolist():
+            if i < self.position - 1:
+                raise ValueError(f"{self.path}: frames must be requested in order ({i} after {self.position - 1})")
+            while self.position <= i:
+                self.current = self._read_frame()
+                self.position += 1
+            assert self.current is not None
+            out.append(self.current)
+        return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc.wait()
+            self.proc = None
+        if self.stderr is not None:
+            self.stderr.close()
+            self.stderr = None
+
+
 _DECODE_BATCH = 64  # frames per decord get_batch call; one huge batch is slower (measured) and needs a 2nd copy
 
 
@@ -356,7 +560,7 @@ def read_video(path: str | os.PathLike[str], fps: float = FPS) -> VideoFrames:
     Raises:
         MediaError: ``no_video_stream``, ``decode_error`` (decord failed, e.g. a truncated file), or a probe reason.
     """
-    source = _VideoSource(str(path), fps)
+    source = _open_source(str(path), fps)
     try:
         first = source.get(source.indices[:_DECODE_BATCH])  # (<=64, H, W, 3)
         frames = np.empty((source.indices.size, *first.shape[1:]), dtype=np.uint8)  # (T, H, W, 3)
@@ -376,7 +580,7 @@ def iter_video_chunks(path: str | os.PathLike[str], fps: float = FPS, chunk: int
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    source = _VideoSource(str(path), fps)
+    source = _open_source(str(path), fps)
     try:
         for start in range(0, source.indices.size, chunk):
             idx = source.indices[start : start + chunk]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -319,3 +321,171 @@ def test_read_audio_failures(files: dict[str, Path]) -> None:
         with pytest.raises(M.MediaError) as info:
             M.read_audio(files[name])
         assert info.value.reason == reason and name in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real-world inputs: display rotation, VFR / NTSC rates, streams that start at different times
+# ---------------------------------------------------------------------------------------------------------------
+def _ffprobe_json(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    return json.loads(out)
+
+
+def _ffmpeg_frames(path: Path, *input_args: str) -> np.ndarray:
+    """All frames as ffmpeg itself shows them (auto-rotated unless told otherwise), (N, H, W, 3) uint8."""
+    info = M.probe(path)
+    w, h = (info.stored_size if "-noautorotate" in input_args else (info.width, info.height))
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *input_args, "-i", str(path), "-vsync", "passthrough",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout  # fmt: skip
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Same 64x48 clip (testsrc + a white 12x12 square in the stored top-left corner) with 3 display rotations.
+
+    ffmpeg 5.1 cannot set a display matrix on input (``-display_rotation`` is ffmpeg >= 6): the mp4 muxer turns a
+    ``rotate`` tag into one. It stores tag R as ffprobe side-data rotation R, i.e. R degrees *counter-clockwise*
+    (the opposite of what the legacy tag meant), so the files are keyed by the clockwise rotation ffprobe reports.
+    """
+    d = tmp_path_factory.mktemp("rotated")
+    base = d / "base.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.4,drawbox=x=0:y=0:w=12:h=12:c=white:t=fill",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(base))  # fmt: skip
+    out: dict[int, Path] = {0: base}
+    for tag in (90, 180, 270):
+        dst = d / f"tag{tag}.mp4"
+        _ffmpeg("-i", str(base), "-c", "copy", "-metadata:s:v:0", f"rotate={tag}", str(dst))
+        side = _ffprobe_json(dst)["streams"][0]["side_data_list"][0]["rotation"]  # counter-clockwise degrees
+        out[round(-side) % 360] = dst
+    assert sorted(out) == [0, 90, 180, 270]
+    return out
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_rotation_probe_and_frames_match_ffmpeg_display(rotated: dict[int, Path], rotation: int) -> None:
+    path = rotated[rotation]
+    info = M.probe(path)
+    assert info.rotation == rotation
+    assert info.stored_size == (64, 48)
+    assert (info.width, info.height) == ((48, 64) if rotation in (90, 270) else (64, 48))  # displayed size
+    video = M.read_video(path)
+    assert video.frames.shape == (10, info.height, info.width, 3)  # what preprocessing crops with
+    np.testing.assert_array_equal(video.source_indices, np.arange(10))
+    shown = _ffmpeg_frames(path)  # ffmpeg auto-rotates: the reference for "as displayed"
+    assert shown.shape == video.frames.shape
+    assert np.abs(video.frames.astype(int) - shown).max() <= 2
+    # the convention itself: displayed = stored turned clockwise by `rotation` = np.rot90 with k = -rotation / 90
+    stored = _ffmpeg_frames(path, "-noautorotate")
+    assert np.abs(video.frames.astype(int) - np.rot90(stored, k=-rotation // 90, axes=(1, 2))).max() <= 2
+    # the marker lands where a clockwise turn puts the top-left corner
+    bright = video.frames[0].min(axis=-1) > 200  # (H, W)
+    corner = {0: bright[:8, :8], 90: bright[:8, -8:], 180: bright[-8:, -8:], 270: bright[-8:, :8]}[rotation]
+    assert corner.all()
+    chunks = list(M.iter_video_chunks(path, chunk=3))
+    np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), video.frames)
+    assert [c.start for c in chunks] == [0, 3, 6, 9]
+
+
+def test_rotation_from_ffprobe_json() -> None:
+    assert M._rotation({"side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]}) == 90
+    assert M._rotation({"side_data_list": [{"rotation": 90}]}) == 270
+    assert M._rotation({"side_data_list": [{"rotation": -180}]}) == 180
+    assert M._rotation({"side_data_list": [{"rotation": 180}]}) == 180
+    assert M._rotation({"tags": {"rotate": "90"}}) == 90  # legacy tag: clockwise already
+    assert M._rotation({"side_data_list": [{"rotation": -89.6}], "tags": {"rotate": "0"}}) == 90
+    assert M._rotation({}) == 0 and M._rotation({"side_data_list": [{"side_data_type": "CPB"}]}) == 0
+
+
+def _frame_numbers(video: M.VideoFrames, path: Path) -> list[int]:
+    """Which source frame each output frame shows, read from the picture (brightness rises with N)."""
+    raw_means = _raw_frames(path).mean(axis=(1, 2, 3))
+    assert np.all(np.diff(raw_means) > 0)
+    return [int(np.argmin(np.abs(raw_means - m))) for m in video.frames.mean(axis=(1, 2, 3))]
+
+
+@pytest.fixture(scope="module")
+def rates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("rates")
+    f = {"ntsc": d / "ntsc.mp4", "vfr": d / "vfr.mp4"}
+    # 29.97 fps (30000/1001), 60 frames = 2.002 s, frame number in the luma
+    _ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:r=30000/1001:d=2.002,format=yuv420p,"
+            "geq=lum='16+3*N':cb=128:cr=128", "-frames:v", "60", "-c:v", "libx264", "-qp", "0", str(f["ntsc"]))
+    # phone-style VFR in mp4: 30 frames at 30 fps (0-1 s), then 15 frames at 15 fps (1-2 s)
+    _ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:r=30:d=1.5,format=yuv420p,geq=lum='16+4*N':cb=128:cr=128,"
+            "setpts='if(lt(N,30),N,30+2*(N-30))'", "-fps_mode", "vfr", "-c:v", "libx264", "-qp", "0",
+            str(f["vfr"]))  # fmt: skip
+    return f
+
+
+def test_read_video_ntsc_29_97(rates: dict[str, Path]) -> None:
+    info = M.probe(rates["ntsc"])
+    assert info.fps == pytest.approx(30000 / 1001) and not info.variable_fps and info.n_frames == 60
+    video = M.read_video(rates["ntsc"])
+    assert len(video) == math.ceil(60 * 1001 / 30000 * 25 - 1e-6) == 51  # ≈ 2.002 s × 25
+    k = np.arange(len(video))
+    expected = np.floor(k / 25 * 30000 / 1001 + 1e-9).astype(int)  # the frame on screen at k / 25
+    assert expected[-1] == 59
+    np.testing.assert_array_equal(video.source_indices, expected)
+    np.testing.assert_array_equal(_frame_numbers(video, rates["ntsc"]), expected)
+
+
+def test_read_video_vfr_mp4_30_then_15(rates: dict[str, Path]) -> None:
+    info = M.probe(rates["vfr"])
+    assert info.variable_fps and info.n_frames == 45
+    video = M.read_video(rates["vfr"])
+    assert len(video) == 50  # 2.0 s × 25
+    t = np.arange(50) / 25
+    expected = np.where(t < 1, np.floor(t * 30 + 1e-9), 30 + np.floor((t - 1) * 15 + 1e-9)).astype(int)
+    np.testing.assert_array_equal(video.source_indices, expected)
+    np.testing.assert_array_equal(_frame_numbers(video, rates["vfr"]), expected)
+
+
+@pytest.fixture(scope="module")
+def offsets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Video 0-2 s; a 440 Hz tone that starts 0.7 s into the audio stream; one stream delayed by 0.5 s."""
+    d = tmp_path_factory.mktemp("offsets")
+    video, audio = d / "v.mp4", d / "a.wav"
+    _ffmpeg(*_testsrc("64x48", 25, 2), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+    _ffmpeg("-f", "lavfi", "-i", "aevalsrc='if(gte(t,0.7),0.5*sin(2*PI*440*t),0)':s=16000:d=2", str(audio))
+    f = {"late_audio": d / "late_audio.mkv", "late_video": d / "late_video.mkv", "ts": d / "offset.ts"}
+    _ffmpeg("-i", str(video), "-itsoffset", "0.5", "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+            "-c:a", "flac", str(f["late_audio"]))  # fmt: skip
+    _ffmpeg("-itsoffset", "0.5", "-i", str(video), "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+            "-c:a", "flac", str(f["late_video"]))  # fmt: skip
+    return f
+
+
+def _onset_s(wav: np.ndarray, sample_rate: int = 16000) -> float:
+    return float(np.argmax(np.abs(wav) > 0.05)) / sample_rate
+
+
+def test_audio_starting_after_the_video_is_padded(offsets: dict[str, Path]) -> None:
+    info = M.probe(offsets["late_audio"])
+    assert info.video_start == pytest.approx(0) and info.audio_start == pytest.approx(0.5, abs=0.01)
+    wav = M.read_audio(offsets["late_audio"])
+    assert _onset_s(wav) == pytest.approx(0.5 + 0.7, abs=0.01)  # on the video clock
+    assert np.abs(wav[: int(1.15 * 16000)]).max() < 1e-3
+    assert wav.size == pytest.approx(2.5 * 16000, abs=0.01 * 16000)
+    assert len(M.read_video(offsets["late_audio"])) == 50
+
+
+def test_audio_starting_before_the_video_is_cut(offsets: dict[str, Path]) -> None:
+    info = M.probe(offsets["late_video"])
+    assert info.video_start == pytest.approx(0.5, abs=0.01) and info.audio_start == pytest.approx(0)
+    wav = M.read_audio(offsets["late_video"])
+    assert _onset_s(wav) == pytest.approx(0.7 - 0.5, abs=0.01)  # sample 0 = first video frame
+    assert wav.size == pytest.approx(1.5 * 16000, abs=0.01 * 16000)
+    video = M.read_video(offsets["late_video"])
+    assert len(video) == 50 and video.source_indices[0] == 0  # video clock starts at its first frame
+
+
+def test_probe_is_cached_but_sees_rewritten_files(tmp_path: Path, files: dict[str, Path]) -> None:
+    dst = tmp_path / "x.mp4"
+    shutil.copy(files["v24.mp4"], dst)
+    assert M.probe(dst) is M.probe(dst)
+    assert M.probe(dst).fps == 24
+    shutil.copy(files["v30.mp4"], dst)
+    os.utime(dst, ns=(1, 1))
+    assert M.probe(dst).fps == 30
