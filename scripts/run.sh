@@ -47,7 +47,12 @@ setup_python() {
   venv="$cache/venv-py311-$hash"
   if [ ! -f "$venv/.tavce-complete" ]; then
     py="$(find_python)"
-    say "building the Python environment in $venv (first time only, ~2-4 min)"
+    if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then  # Debian's system Python splits venv out
+      say "installing python3-venv"
+      local sudo=""; if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+      $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    fi
+    say "building the Python environment in $venv (first time only, ~4 min)"
     rm -rf "$venv"
     mkdir -p "$cache"
     "$py" -m venv "$venv"
