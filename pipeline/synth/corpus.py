@@ -66,9 +66,7 @@ class SynthConfig:
     min_duration_s: float = 3.0
     max_duration_s: float = 5.0
     fps: int = 25
-    # Inner pairs typed tuple[int, ...] (length checked in validate): pipeline.config's fixed-length tuple
-    # branch swaps type and value (reported to the lead).
-    frame_sizes: tuple[tuple[int, ...], ...] = ((256, 256), (288, 256), (256, 288), (240, 240))
+    frame_sizes: tuple[tuple[int, int], ...] = ((256, 256), (288, 256), (256, 288), (240, 240))
     audio_rates: tuple[int, ...] = (16000, 22050, 44100)
     crf: int = 18
     max_yaw_deg: float = 25.0
