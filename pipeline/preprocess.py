@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # Bump when pass-1 outputs change meaning, so stale cache entries are recomputed.
 CACHE_VERSION = 2
 STREAM_CHUNK_FRAMES = 128  # frames per decoded chunk when a clip is streamed
+BASIS_MAX_FRAMES = 200_000  # train frames used to fit the expression PCA (strided over clips beyond that)
 VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
 
 
@@ -434,26 +435,32 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
 
     ok_jobs = [j for j in jobs if j.clip_id in ok_ids]
     splits = assign_splits([j.speaker for j in ok_jobs], cfg.split, common.seed)
-    caches = {j.clip_id: load_npz(out_dir / "cache" / f"{j.clip_id}.npz") for j in ok_jobs}
+    cache_path = {j.clip_id: out_dir / "cache" / f"{j.clip_id}.npz" for j in ok_jobs}
+    metas = {cid: json.loads(str(_load_member(p, "meta"))) for cid, p in cache_path.items()}
 
-    train_res = [coeffs_mod.expression_residuals(caches[j.clip_id]["aligned"])
-                 for j in ok_jobs if splits[j.speaker] == "train"]
-    if not train_res:
+    # Expression basis from the train split. Caches are read one member at a time and, on large corpora, train
+    # frames are taken with a fixed stride, so memory stays bounded (a VoxCeleb2-size corpus has ~1e8 frames).
+    train = [j for j in ok_jobs if splits[j.speaker] == "train"]
+    if not train:
         raise RuntimeError("no usable training clips: cannot fit the expression basis")
-    basis = coeffs_mod.ExpressionBasis.fit(np.concatenate(train_res), cfg.expression_components, seed=common.seed)
+    stride = max(1, math.ceil(sum(metas[j.clip_id]["frames"] for j in train) / BASIS_MAX_FRAMES))
+    train_res = [coeffs_mod.expression_residuals(_load_member(cache_path[j.clip_id], "aligned"))[::stride]
+                 for j in train]  # (T_i / stride, 204) each
+    basis = coeffs_mod.ExpressionBasis.fit(np.concatenate(train_res), cfg.expression_components, seed=common.seed,
+                                           max_samples=BASIS_MAX_FRAMES)
+    del train_res
     basis.save(out_dir / "expression_basis.npz")
 
     rows = []
     for j in ok_jobs:
-        c = caches[j.clip_id]
-        meta = json.loads(str(c["meta"]))
+        c = load_npz(cache_path[j.clip_id])
+        meta = metas[j.clip_id]
         res = coeffs_mod.expression_residuals(c["aligned"])  # (T, 204)
         coeffs = coeffs_mod.coefficients(basis.project(res), c["rotation"], c["translation"], c["scale"],
                                          crop_center=_crop_center(meta))  # (T, 73)
         feat_path = out_dir / "features" / f"{j.clip_id}.npz"
         save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], aligned=c["aligned"],
-                 mel=c["mel"],
-                 mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],
+                 mel=c["mel"], mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],
                  fps=np.array(common.fps), sample_rate=np.array(common.sample_rate))
         crop = meta["crop"]
         rows.append({
@@ -470,6 +477,12 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
         })
     manifest = pd.DataFrame(rows).sort_values("clip_id").reset_index(drop=True) if rows else pd.DataFrame()
     return rows, manifest
+
+
+def _load_member(path: Path, name: str) -> np.ndarray:
+    """One array of an .npz, without reading the others."""
+    with np.load(path, allow_pickle=False) as z:
+        return z[name]
 
 
 def _crop_center(meta: dict[str, Any]) -> tuple[float, float]:
