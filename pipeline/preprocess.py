@@ -26,13 +26,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,13 @@ from pipeline import media
 from pipeline.config import CommonConfig, to_dict
 from pipeline.faces import coeffs as coeffs_mod
 from pipeline.faces import crop as crop_mod
-from pipeline.faces.landmarks import FaceTrack, make_backend
+from pipeline.faces.landmarks import (
+    FACE_ALIGNMENT_FILES_2D,
+    FACE_ALIGNMENT_FILES_3D,
+    FaceTrack,
+    check_face_alignment_weights,
+    make_backend,
+)
 from pipeline.io import atomic_path, load_npz, remove_stale_temps, save_npz, write_json
 
 log = logging.getLogger(__name__)
@@ -531,6 +539,9 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw video folder not found: {raw_dir}")
+    if cfg.backend == "face_alignment":  # fail before any work (a worker that cannot start would stall the pool)
+        check_face_alignment_weights(weights_dir, FACE_ALIGNMENT_FILES_3D if cfg.face_alignment_landmarks == "3D"
+                                     else FACE_ALIGNMENT_FILES_2D)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_tmp = remove_stale_temps(out_dir)
     if n_tmp:
@@ -565,11 +576,21 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
                 if backend is not None:
                     backend.close()
         elif todo:
-            ctx = mp.get_context("spawn")  # mediapipe/torch/decord threads do not survive fork safely
-            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-                for outcome in pool.imap_unordered(_run_job, todo):
-                    new.append(outcome)
-                    _report(outcome, bar, on_clip)
+            # spawn: mediapipe/torch/decord threads do not survive fork. A process pool executor (not mp.Pool)
+            # so that a worker that cannot start or dies (e.g. a native crash on a malformed file) raises
+            # BrokenProcessPool instead of hanging; clips finished so far are cached and a rerun resumes.
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                     initargs=init_args) as pool:
+                futures = [pool.submit(_run_job, item) for item in todo]
+                try:
+                    for fut in as_completed(futures):
+                        new.append(fut.result())
+                        _report(new[-1], bar, on_clip)
+                except BrokenProcessPool as err:
+                    for f in futures:
+                        f.cancel()
+                    raise RuntimeError(f"a preprocessing worker died ({err}); {len(new)} clip(s) finished and are "
+                                       "cached - rerun to resume, or use workers: 1 to see the failing clip") from err
     finally:
         bar.close()
     seconds_pass1 = time.perf_counter() - t1

@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     with sc.tracked_stage("preprocess", args, {"common": common, "preprocess": cfg}, [args.raw]) as tracker:
-        summary = run_preprocess(args.raw, args.out, cfg, common, weights_dir=_weights_dir(cfg))
+        try:
+            summary = run_preprocess(args.raw, args.out, cfg, common, weights_dir=_weights_dir(cfg))
+        except FileNotFoundError as err:  # missing raw folder or backend weights: a message, not a traceback
+            raise SystemExit(f"preprocess: {err}") from err
         metrics = summary.metrics()
         args.reports.mkdir(parents=True, exist_ok=True)
         write_json(args.reports / "metrics.json", metrics)

@@ -189,3 +189,29 @@ def test_streamed_long_clip_equals_in_memory(tmp_path: Path, monkeypatch: pytest
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (tmp_path / "mem/clips/s0/c.mp4").read_bytes() == (tmp_path / "stream/clips/s0/c.mp4").read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_missing_face_alignment_weights_fail_fast(tmp_path: Path) -> None:
+    """The face_alignment backend without its weights stops the stage at once, naming the files and folder."""
+    raw = tmp_path / "raw"
+    _make_corpus(raw, ["s0"])
+    weights = tmp_path / "no_weights"
+    weights.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["preprocess"].update(backend="face_alignment", face_alignment_weights=str(weights), workers=2)
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    res = subprocess.run([sys.executable, "-m", "stages.preprocess", "--raw", str(raw), "--out", str(tmp_path / "o"),
+                          "--params", str(pfile), "--no-track"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("preprocess: face_alignment weights missing in " + str(weights))
+    assert "s3fd-619a316812.pth" in last and "2DFAN4-11f355bf06.pth.tar" in last
+
+
+def test_missing_raw_folder_is_a_message(tmp_path: Path) -> None:
+    from stages import preprocess as stage
+
+    with pytest.raises(SystemExit, match="raw video folder not found"):
+        stage.main(["--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-track"])
