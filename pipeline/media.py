@@ -44,6 +44,7 @@ import ffmpeg  # ffmpeg-python
 import numpy as np
 
 from pipeline.audio import FPS, SAMPLE_RATE
+from pipeline.io import atomic_path
 
 # Reasons a MediaError can carry (manifest rejection codes).
 MEDIA_ERROR_REASONS = (
@@ -601,6 +602,8 @@ def write_video(
     preset: str = DEFAULT_PRESET,
     threads: int = 1,
     pix_fmt: Literal["yuv420p", "yuv444p"] = "yuv420p",
+    audio_rate: int | None = None,
+    audio_bitrate: str = DEFAULT_AUDIO_BITRATE,
 ) -> None:
     """Encode RGB frames (+ optional mono audio) as H.264 yuv420p + AAC, atomically.
 
@@ -624,6 +627,8 @@ def write_video(
         preset: libx264 speed/size preset.
         threads: encoder threads; 1 makes the output deterministic.
         pix_fmt: "yuv420p" (plays everywhere) or "yuv444p" (full chroma resolution, any frame size).
+        audio_rate: sample rate of the encoded audio (ffmpeg resamples); None keeps ``sample_rate``.
+        audio_bitrate: AAC bitrate.
 
     Raises:
         ValueError: bad array shapes/dtypes.
@@ -655,11 +660,7 @@ def write_video(
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"{path}: expected mono audio of shape (S,), got {audio.shape}")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # '.tmp' prefix: preprocessing deletes such leftovers of a killed run (pipeline.io.remove_stale_temps).
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp.{path.stem}.", suffix=path.suffix or ".mp4")
-    os.close(fd)
-    with tempfile.TemporaryDirectory(prefix="tavce_audio_") as audio_dir:
+    with tempfile.TemporaryDirectory(prefix="tavce_audio_") as audio_dir, atomic_path(path) as tmp_path:
         cmd = [ffmpeg_bin, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
         cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
         if audio is not None:
@@ -671,54 +672,41 @@ def write_video(
         # Tag the BT.601 matrix that swscale's rgb->yuv conversion uses, so decoders convert back consistently.
         cmd += ["-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m"]
         if audio is not None:
-            cmd += ["-c:a", "aac", "-b:a", DEFAULT_AUDIO_BITRATE]
+            cmd += ["-c:a", "aac", "-b:a", audio_bitrate, "-ar", str(audio_rate or sample_rate)]
         cmd += ["-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
         if path.suffix.lower() in (".mp4", ".mov", ".m4v", ""):
             cmd += ["-movflags", "+faststart"]
         if not path.suffix:
             cmd += ["-f", "mp4"]
-        cmd += [tmp_name]
-        try:
-            n = 0
-            # stderr goes to a file, not a pipe: a chatty ffmpeg must never block while we feed stdin.
-            with open(os.path.join(audio_dir, "stderr.txt"), "w+b") as err, subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
-            ) as proc:
-                assert proc.stdin is not None
-                try:
-                    for chunk in itertools.chain([first], chunks):
-                        chunk = check(np.asarray(chunk))
-                        proc.stdin.write(chunk.tobytes())
-                        n += chunk.shape[0]
-                except BrokenPipeError:
-                    pass  # ffmpeg died; its exit code and stderr say why
-                finally:
-                    proc.stdin.close()
-                returncode = proc.wait()
-                err.seek(0)
-                stderr = err.read().decode("utf-8", "replace").strip()
-            if returncode != 0:
-                raise RuntimeError(f"{path}: ffmpeg failed (exit {returncode}) after {n} frames:\n{stderr}")
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
+        cmd += [str(tmp_path)]
+        n = 0
+        # stderr goes to a file, not a pipe: a chatty ffmpeg must never block while we feed stdin.
+        with open(os.path.join(audio_dir, "stderr.txt"), "w+b") as err, subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+        ) as proc:
+            assert proc.stdin is not None
+            try:
+                for chunk in itertools.chain([first], chunks):
+                    chunk = check(np.asarray(chunk))
+                    proc.stdin.write(chunk.tobytes())
+                    n += chunk.shape[0]
+            except BrokenPipeError:
+                pass  # ffmpeg died; its exit code and stderr say why
+            finally:
+                proc.stdin.close()
+            returncode = proc.wait()
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace").strip()
+        if returncode != 0:
+            raise RuntimeError(f"{path}: ffmpeg failed (exit {returncode}) after {n} frames:\n{stderr}")
 
 
 def video_to_gif(src: str | os.PathLike[str], dst: str | os.PathLike[str], fps: float = 12.5, width: int = 192) -> None:
     """Convert a video to a small palette GIF (MLflow's UI previews GIFs reliably, mp4 not), atomically."""
     ffmpeg_bin = _require("ffmpeg")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp.{dst.stem}.", suffix=".gif")
-    os.close(fd)
     graph = f"fps={fps},scale={width}:-1:flags=lanczos,split[a][b];[a]palettegen[p];[b][p]paletteuse"
-    try:
+    with atomic_path(dst, suffix=".gif") as tmp:
         proc = subprocess.run([ffmpeg_bin, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
-                               "-vf", graph, "-f", "gif", tmp_name], capture_output=True, check=False)
+                               "-vf", graph, "-f", "gif", str(tmp)], capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{dst}: ffmpeg failed making a GIF from {src}:\n{proc.stderr.decode(errors='replace')}")
-        os.replace(tmp_name, dst)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)

@@ -16,16 +16,14 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
-import subprocess
-import tempfile
 import time
-import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import media
 from pipeline.io import atomic_path, remove_stale_temps
 from pipeline.synth.face import FaceRenderer, sample_appearance
 from pipeline.synth.motion import MotionStyle, blink_track, head_motion
@@ -36,6 +34,7 @@ DEG = math.pi / 180.0
 _SPEAKER_DOMAIN = 1
 _CLIP_DOMAIN = 2
 _FLOAT_DECIMALS = 5  # rounding in the truth json (keeps it byte-stable and small)
+SYNTH_AUDIO_BITRATE = "96k"  # AAC bitrate of the raw synthetic clips
 
 # espeak-ng voice files that exist in Debian's espeak-ng 1.51 (``espeak-ng --voices=en``) and variants (``!v``).
 BASE_VOICES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan",
@@ -189,29 +188,6 @@ def _round(x: Any) -> Any:
     return x
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as wf:
-        wf.setnchannels(1)
-        wf.setsampwidth(2)
-        wf.setframerate(sample_rate)
-        wf.writeframes(pcm.tobytes())
-
-
-def ffmpeg_command(width: int, height: int, fps: int, wav: Path, out: Path, crf: int, audio_rate: int) -> list[str]:
-    """ffmpeg argv: raw RGB frames on stdin + wav → H.264 yuv420p / AAC mp4, bit-exact and single-threaded."""
-    return [
-        "ffmpeg", "-nostdin", "-y", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
-        "-i", str(wav),
-        "-map", "0:v:0", "-map", "1:a:0",
-        "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p", "-threads", "1",
-        "-c:a", "aac", "-b:a", "96k", "-ar", str(audio_rate), "-ac", "1",
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
-        "-movflags", "+faststart", "-f", "mp4", str(out),
-    ]
-
-
 def render_clip(job: ClipJob) -> dict[str, Any]:
     """Render one clip: speech, visemes, motion, frames → `<out>/<speaker>/<clip>.mp4` and `.truth.json`.
 
@@ -239,33 +215,21 @@ def render_clip(job: ClipJob) -> dict[str, Any]:
     mp4 = folder / f"{job.clip_id}.mp4"
     w, h = spk.frame_size
     mouth_open, points = [], {}
-    fd, wav_name = tempfile.mkstemp(prefix=".tmp", suffix=".wav", dir=folder)
-    os.close(fd)
-    wav = Path(wav_name)
-    try:
-        _write_wav(wav, speech.audio, sr)
-        with atomic_path(mp4) as tmp_mp4:
-            cmd = ffmpeg_command(w, h, job.fps, wav, tmp_mp4, job.crf, spk.audio_rate)
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                for k in range(T):
-                    frame, truth = renderer.render(motion.yaw[k], motion.pitch[k], motion.roll[k],
-                                                   tuple(motion.translation[k]), mouth.open[k], mouth.width[k],
-                                                   mouth.round[k], blink[k])
-                    proc.stdin.write(frame.tobytes())
-                    mouth_open.append(truth.mouth_open)
-                    for name, xy in truth.points_px.items():
-                        points.setdefault(name, []).append(xy)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # ffmpeg died; its exit code and stderr are reported below
-            finally:
-                err = proc.stderr.read().decode(errors="replace")
-                rc = proc.wait()
-            if rc != 0:
-                raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {mp4}: {err.strip()}")
-    finally:
-        wav.unlink(missing_ok=True)
+
+    def frames() -> Iterator[np.ndarray]:
+        """Render frame by frame, streamed to the encoder (collects the per-frame truth on the way)."""
+        for k in range(T):
+            frame, truth = renderer.render(motion.yaw[k], motion.pitch[k], motion.roll[k],
+                                           tuple(motion.translation[k]), mouth.open[k], mouth.width[k],
+                                           mouth.round[k], blink[k])
+            mouth_open.append(truth.mouth_open)
+            for name, xy in truth.points_px.items():
+                points.setdefault(name, []).append(xy)
+            yield frame[None]  # (1, H, W, 3)
+
+    # H.264 yuv420p + AAC at the speaker's audio rate; single-threaded and bit-exact, so reruns are identical.
+    media.write_video(mp4, frames(), fps=job.fps, audio=speech.audio, sample_rate=sr, crf=job.crf,
+                      audio_rate=spk.audio_rate, audio_bitrate=SYNTH_AUDIO_BITRATE)
 
     truth_doc = {
         "speaker": spk.speaker_id,
@@ -363,4 +327,4 @@ def generate_corpus(cfg: SynthConfig, out_dir: Path, seed: int, progress: bool =
 
 
 __all__ = ["SynthConfig", "SpeakerSpec", "ClipJob", "generate_corpus", "plan_corpus", "render_clip",
-           "speaker_spec", "ffmpeg_command"]
+           "speaker_spec"]
