@@ -39,7 +39,7 @@ def main() -> None:
     params = yaml.safe_load(args.params.read_text())
     common = from_dict(CommonConfig, params["common"], "common")
     cfg = from_dict(PreprocessConfig, params["preprocess"], "preprocess")
-    jobs, _ = discover(args.raw, cfg.extensions)
+    jobs, _ = discover(args.raw, cfg.extensions, cfg.speaker_regex)
     jobs = jobs[: args.clips]
     if not jobs:
         raise SystemExit(f"no videos under {args.raw} (run `dvc repro synth` first)")

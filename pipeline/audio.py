@@ -323,9 +323,14 @@ def syncnet_mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         (N, 13) float32 at 100 frames per second (syncnet_python transposes this to (13, N)).
     """
     feat, energy = _psf_fbank(wav, sample_rate)
-    cepstra = np.log(feat) @ _dct2_ortho_lifted()  # (N, 26) @ (26, 13) -> (N, 13)
+    return _cepstra(np.log(feat), energy).astype(np.float32)
+
+
+def _cepstra(log_feat: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """psf's MFCC from log filterbank energies (N, 26) and frame energies (N,): DCT + lifter, c0 = log energy."""
+    cepstra = log_feat @ _dct2_ortho_lifted()  # (N, 26) @ (26, 13) -> (N, 13)
     cepstra[:, 0] = np.log(energy)
-    return cepstra.astype(np.float32)
+    return cepstra
 
 
 def mfcc_window(
@@ -389,8 +394,7 @@ def compute_features(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> AudioFe
     mel = wav2lip_mel(wav, sample_rate)
     feat, energy = _psf_fbank(wav, sample_rate)
     log_feat = np.log(feat)  # (N, 26)
-    mfcc = log_feat @ _dct2_ortho_lifted()  # (N, 13)
-    mfcc[:, 0] = np.log(energy)
+    mfcc = _cepstra(log_feat, energy)  # (N, 13)
     return AudioFeatures(
         mel=mel,
         mfcc=mfcc.astype(np.float32),

@@ -115,10 +115,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     for name, field in fields.items():
         key = f"{where}.{name}"
         if name not in data:
-            has_default = (field.default is not dataclasses.MISSING
-                           or field.default_factory is not dataclasses.MISSING)
-            if has_default:
-                continue
+            # Defaults serve code that builds configs directly; a params section must spell out every key,
+            # so that params.yaml (and `dvc params diff`) always shows the full configuration of a run.
             raise ConfigError(f"{key}: missing")
         kwargs[name] = _convert(data[name], hints[name], key)
     obj = cls(**kwargs)
@@ -176,7 +174,12 @@ class CommonConfig:
     paths: PathsConfig = PathsConfig()
 
     def validate(self) -> None:
-        if self.fps <= 0 or self.sample_rate <= 0 or self.image_size <= 0:
-            raise ValueError("fps, sample_rate and image_size must be positive")
+        # The audio features and their frame pairing (SPEC §1: 80 mel frames/s = 16 kHz / hop 200, 4 MFCC rows per
+        # video frame, mel windows at int(80 (k-2) / 25)) and public pretrained encoders assume exactly these.
+        if self.fps != 25 or self.sample_rate != 16000:
+            raise ValueError(f"fps {self.fps} / sample_rate {self.sample_rate}: the SPEC §1 features require "
+                             "fps 25 and sample_rate 16000 (inputs of any rate are resampled to these)")
+        if self.image_size <= 0:
+            raise ValueError("image_size must be positive")
         if self.image_size % 32:
             raise ValueError(f"image_size {self.image_size} must be a multiple of 32")

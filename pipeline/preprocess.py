@@ -30,6 +30,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import time
 import traceback
 from collections import Counter
@@ -91,6 +92,10 @@ class PreprocessConfig:
             (`$TORCH_HOME/hub/checkpoints`, resolved by the stage entry point).
         workers: processes over clips (1 = in the main process).
         extensions: video file extensions picked up under the raw folder.
+        speaker_regex: how to read the speaker from a clip id (its path under the raw folder, no extension):
+            the first group of the first match (the whole match without groups). null = the first folder, or
+            the file stem for files directly in the raw folder. E.g. HDTF's flat `WDA_BarackObama_000.mp4`
+            needs `'^(?:.*/)?[A-Z]+_(.+)_\d+$'` so that all of a person's videos share one split.
         min_duration_s: shorter clips are rejected (longest training window + margin).
         max_duration_s: longer clips are rejected (memory); split long videos beforehand.
         min_confidence: face detection score threshold.
@@ -98,7 +103,6 @@ class PreprocessConfig:
         max_multi_face_fraction: reject a clip where a second face is found in more frames than this fraction.
         box_smoothing_frames: temporal window (frames) of the box smoother.
         crop_scale: crop side = this × the face box side (the box being the union of the clip's smoothed boxes).
-        expression_components: size of the PCA expression basis (64 in the SPEC layout).
         crf: x264 quality of the cropped clips (lower = better; 15 is visually lossless).
         max_memory_mb: clips whose decoded frames would need more memory are streamed in chunks (decoded twice).
         split: speaker fractions per split.
@@ -110,6 +114,7 @@ class PreprocessConfig:
     face_alignment_weights: str | None = None
     workers: int = 2
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    speaker_regex: str | None = None
     min_duration_s: float = 1.2
     max_duration_s: float = 600.0
     min_confidence: float = 0.5
@@ -117,7 +122,6 @@ class PreprocessConfig:
     max_multi_face_fraction: float = 0.2
     box_smoothing_frames: int = 9
     crop_scale: float = 1.8
-    expression_components: int = 64
     crf: int = 15
     max_memory_mb: int = 2048
     split: SplitConfig = SplitConfig()
@@ -133,17 +137,25 @@ class PreprocessConfig:
             raise ValueError("crop_scale must be >= 1")
         if not 0 <= self.crf <= 51:
             raise ValueError("crf must be in 0..51")
-        if self.expression_components < 1:
-            raise ValueError("expression_components must be >= 1")
+        if self.box_smoothing_frames < 1:
+            raise ValueError("box_smoothing_frames must be >= 1")
+        if self.speaker_regex is not None:
+            try:
+                re.compile(self.speaker_regex)
+            except re.error as err:
+                raise ValueError(f"speaker_regex {self.speaker_regex!r} is not a valid regular expression: {err}") from err
 
     def pass1_fingerprint(self, common: CommonConfig) -> dict[str, Any]:
         """The settings pass-1 outputs depend on (a change invalidates the cache)."""
         d = to_dict(self)
-        for k in ("workers", "split", "expression_components", "extensions", "face_alignment_weights",
-                  "max_memory_mb"):
+        for k in ("workers", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex"):
             d.pop(k)
         return {"cache_version": CACHE_VERSION, "fps": common.fps, "sample_rate": common.sample_rate,
                 "image_size": common.image_size, **d}
+
+
+class NoUsableClips(RuntimeError):
+    """Nothing under the raw folder could be used (the stage must fail rather than yield an empty dataset)."""
 
 
 class ClipRejected(Exception):
@@ -179,8 +191,20 @@ class ClipOutcome:
 # Discovery
 
 
-def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> tuple[list[ClipJob], list[ClipOutcome]]:
-    """Find videos under `raw_dir` (nested folders); returns jobs and rejections for duplicate clip ids."""
+def speaker_of(clip_id: str, speaker_regex: str | None = None) -> str:
+    """The speaker of a clip id (see `PreprocessConfig.speaker_regex`); None if the regex does not match."""
+    if speaker_regex is None:
+        return clip_id.split("/")[0]  # the first folder, or the stem of a file directly in the raw folder
+    m = re.search(speaker_regex, clip_id)
+    if m is None:
+        return None
+    return m.group(1) if m.re.groups else m.group(0)
+
+
+def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS, speaker_regex: str | None = None
+             ) -> tuple[list[ClipJob], list[ClipOutcome]]:
+    """Find videos under `raw_dir` (nested folders); returns jobs, and rejections for duplicate clip ids and ids
+    from which `speaker_regex` cannot read a speaker."""
     exts = {"." + e.lower().lstrip(".") for e in extensions}
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in exts
                    and not p.name.startswith("."))
@@ -195,7 +219,11 @@ def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> tup
                                         f"same clip id as {seen[clip_id].relative_to(raw_dir).as_posix()}"))
             continue
         seen[clip_id] = p
-        speaker = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        speaker = speaker_of(clip_id, speaker_regex)
+        if speaker is None:  # no silent fallback: a wrong speaker would leak identities across splits
+            rejected.append(ClipOutcome(clip_id, rel.as_posix(), "rejected", "speaker_unknown",
+                                        f"{rel.as_posix()}: speaker_regex {speaker_regex!r} does not match"))
+            continue
         jobs.append(ClipJob(p, clip_id, speaker, rel.as_posix()))
     return jobs, rejected
 
@@ -271,6 +299,11 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     if face_fraction < cfg.min_face_fraction:
         raise ClipRejected(src, "face_not_found", f"face found in {face_fraction:.0%} of frames "
                                                   f"< min_face_fraction {cfg.min_face_fraction:.0%}")
+    with_landmarks = float(track.has_landmarks.mean())
+    if with_landmarks < cfg.min_face_fraction:
+        raise ClipRejected(src, "no_landmarks" if with_landmarks == 0 else "landmarks_not_found",
+                           f"landmarks found in {with_landmarks:.0%} of frames < min_face_fraction "
+                           f"{cfg.min_face_fraction:.0%} (the face was detected in {face_fraction:.0%})")
     multi = float((track.num_faces >= 2).mean())
     if multi > cfg.max_multi_face_fraction:
         raise ClipRejected(src, "multiple_faces", f"several faces in {multi:.0%} of frames "
@@ -325,8 +358,8 @@ def _cached(out_dir: Path, job: ClipJob, fingerprint: str) -> bool:
         return False
 
 
-def _rejection_cache_path(out_dir: Path, job: ClipJob) -> Path:
-    return out_dir / "cache" / f"{job.clip_id}.rejected.json"
+def _rejection_cache_path(out_dir: Path, clip_id: str) -> Path:
+    return out_dir / "cache" / f"{clip_id}.rejected.json"
 
 
 # Worker-process state: one landmark backend per process, created once.
@@ -351,12 +384,46 @@ def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, wei
                                       landmarks_type=cfg.face_alignment_landmarks, device=cfg.device)
 
 
+def run_in_pool(items: Sequence[Any], workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...],
+                fn: Callable[[Any], Any], on_result: Callable[[Any], None], on_crash: Callable[[Any], Any]) -> None:
+    """Run `fn` over `items` in `workers` spawned processes, surviving workers that die.
+
+    spawn, because mediapipe/torch/decord threads do not survive fork; a `ProcessPoolExecutor`, because a
+    worker that dies (a native crash on a malformed file) then raises `BrokenProcessPool` instead of hanging.
+    After such a crash the items not finished yet run one process each, so the culprit is found: `on_crash(item)`
+    gives its result. Results go to `on_result` as they complete (any order).
+    """
+    pending = list(range(len(items)))
+    isolate = False
+    while pending:
+        batch = pending[:1] if isolate else pending
+        finished: set[int] = set()
+        with ProcessPoolExecutor(1 if isolate else workers, mp_context=mp.get_context("spawn"),
+                                 initializer=initializer, initargs=initargs) as pool:
+            futures = {pool.submit(fn, items[i]): i for i in batch}
+            try:
+                for fut in as_completed(futures):
+                    on_result(fut.result())
+                    finished.add(futures[fut])
+            except BrokenProcessPool:
+                if isolate:  # the one item of this pool killed its worker
+                    on_result(on_crash(items[batch[0]]))
+                    finished.add(batch[0])
+                else:
+                    log.warning("a worker process died; running the %d unfinished clip(s) one process each to "
+                                "find the one that crashes it", len(batch) - len(finished))
+                    isolate = True
+        pending = [i for i in pending if i not in finished]
+
+
 def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
     job, fingerprint = args
     cfg, common, out_dir = _WORKER["cfg"], _WORKER["common"], _WORKER["out_dir"]
-    rej_path = _rejection_cache_path(out_dir, job)
+    rej_path = _rejection_cache_path(out_dir, job.clip_id)
     try:
-        return process_clip(job, out_dir, cfg, common, _WORKER["backend"], fingerprint)
+        outcome = process_clip(job, out_dir, cfg, common, _WORKER["backend"], fingerprint)
+        rej_path.unlink(missing_ok=True)  # rejected under earlier settings, accepted now
+        return outcome
     except (ClipRejected, media.MediaError) as err:
         reason, message = err.reason, str(err)
     except Exception as err:  # noqa: BLE001 - one broken clip must never stop the corpus; the reason is kept
@@ -374,7 +441,7 @@ def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
 def _cached_outcome(out_dir: Path, job: ClipJob, fingerprint: str) -> ClipOutcome | None:
     if _cached(out_dir, job, fingerprint):
         return ClipOutcome(job.clip_id, job.rel, "cached")
-    rej = _rejection_cache_path(out_dir, job)
+    rej = _rejection_cache_path(out_dir, job.clip_id)
     if rej.is_file():
         try:
             data = json.loads(rej.read_text())
@@ -454,7 +521,7 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
     stride = max(1, math.ceil(sum(metas[j.clip_id]["frames"] for j in train) / BASIS_MAX_FRAMES))
     train_res = [coeffs_mod.expression_residuals(_load_member(cache_path[j.clip_id], "aligned"))[::stride]
                  for j in train]  # (T_i / stride, 204) each
-    basis = coeffs_mod.ExpressionBasis.fit(np.concatenate(train_res), cfg.expression_components, seed=common.seed,
+    basis = coeffs_mod.ExpressionBasis.fit(np.concatenate(train_res), coeffs_mod.NUM_EXPRESSION, seed=common.seed,
                                            max_samples=BASIS_MAX_FRAMES)
     del train_res
     basis.save(out_dir / "expression_basis.npz")
@@ -547,7 +614,8 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     if n_tmp:
         log.info("removed %d temporary file(s) left by an interrupted run", n_tmp)
 
-    jobs, outcomes = discover(raw_dir, cfg.extensions)
+    jobs, outcomes = discover(raw_dir, cfg.extensions, cfg.speaker_regex)
+    n_found = len(jobs) + len(outcomes)
     settings = cfg.pass1_fingerprint(common)
     todo: list[tuple[ClipJob, str]] = []
     for job in jobs:
@@ -576,21 +644,19 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
                 if backend is not None:
                     backend.close()
         elif todo:
-            # spawn: mediapipe/torch/decord threads do not survive fork. A process pool executor (not mp.Pool)
-            # so that a worker that cannot start or dies (e.g. a native crash on a malformed file) raises
-            # BrokenProcessPool instead of hanging; clips finished so far are cached and a rerun resumes.
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                     initargs=init_args) as pool:
-                futures = [pool.submit(_run_job, item) for item in todo]
-                try:
-                    for fut in as_completed(futures):
-                        new.append(fut.result())
-                        _report(new[-1], bar, on_clip)
-                except BrokenProcessPool as err:
-                    for f in futures:
-                        f.cancel()
-                    raise RuntimeError(f"a preprocessing worker died ({err}); {len(new)} clip(s) finished and are "
-                                       "cached - rerun to resume, or use workers: 1 to see the failing clip") from err
+            def crashed(item: tuple[ClipJob, str]) -> ClipOutcome:
+                job, fingerprint = item
+                message = (f"{job.rel}: the worker process died while processing this clip (a native crash in a "
+                           "decoder or the face detector)")
+                write_json(_rejection_cache_path(out_dir, job.clip_id),
+                           {"fingerprint": fingerprint, "reason": "worker_crash", "message": message})
+                return ClipOutcome(job.clip_id, job.rel, "rejected", "worker_crash", message)
+
+            def finished(outcome: ClipOutcome) -> None:
+                new.append(outcome)
+                _report(outcome, bar, on_clip)
+
+            run_in_pool(todo, workers, _init_worker, init_args, _run_job, finished, crashed)
     finally:
         bar.close()
     seconds_pass1 = time.perf_counter() - t1
@@ -601,12 +667,15 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     n_removed = _remove_stale(out_dir, all_ids)
     if n_removed:
         log.info("removed %d output file(s) of videos no longer under %s", n_removed, raw_dir)
-    # Rejected clips must not keep outputs from an earlier successful run.
+    # Rejected clips must not keep outputs from an earlier successful run (a rejected duplicate id keeps the
+    # accepted file's outputs), and accepted ones no rejection record from earlier settings.
     for o in outcomes:
-        if o.status == "rejected":
+        if o.status == "rejected" and o.clip_id not in ok_ids:
             for p in (out_dir / "clips" / f"{o.clip_id}.mp4", out_dir / "features" / f"{o.clip_id}.npz",
                       out_dir / "cache" / f"{o.clip_id}.npz"):
                 p.unlink(missing_ok=True)
+    for cid in ok_ids:
+        _rejection_cache_path(out_dir, cid).unlink(missing_ok=True)
 
     rows, manifest = _finalize(out_dir, jobs, ok_ids, cfg, common) if ok_ids else ([], pd.DataFrame())
     with atomic_path(out_dir / "manifest.parquet") as tmp:
@@ -620,9 +689,14 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     for o in rejected:
         log.warning("rejected %s [%s]: %s", o.clip_id, o.reason, _relative_message(o.message, raw_dir))
 
+    if not rows:
+        reasons = dict(Counter(o.reason for o in rejected))
+        raise NoUsableClips(f"no usable clips under {raw_dir}: {n_found} video(s) found"
+                            + (f", all rejected {reasons} (see {out_dir / 'rejected.csv'})" if n_found else
+                               f" (extensions {', '.join(cfg.extensions)})"))
     done = [o for o in new if o.status == "done"]
     return PreprocessSummary(
-        clips_in=len(jobs) + sum(1 for o in outcomes if o.reason == "duplicate_id"),
+        clips_in=n_found,
         clips_out=len(rows),
         processed=len(done),
         cached=sum(1 for o in outcomes if o.status == "cached"),

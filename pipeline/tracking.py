@@ -103,8 +103,8 @@ def data_version(paths: Iterable[str | os.PathLike[str]]) -> str:
     contribute their name and a marker, so "input absent" is a version too.
     """
     h = hashlib.blake2b(digest_size=8)
-    for p in sorted(Path(x) for x in paths):
-        h.update(b"\0path\0" + p.as_posix().encode())
+    for p in sorted((Path(x) for x in paths), key=lambda q: (q.name, q.as_posix())):
+        h.update(b"\0path\0" + p.name.encode())  # the name only: `data/raw` and `/abs/data/raw` agree
         if p.is_file():
             _hash_file_into(h, p)
         elif p.is_dir():

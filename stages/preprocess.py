@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import load_npz, write_json
-from pipeline.preprocess import PreprocessConfig, run_preprocess
+from pipeline.preprocess import NoUsableClips, PreprocessConfig, run_preprocess
 from stages import common as sc
 
 log = logging.getLogger("tavce.preprocess")
@@ -56,11 +56,28 @@ def _weights_dir(cfg: PreprocessConfig) -> str | None:
     return os.path.join(torch_home, "hub", "checkpoints")
 
 
+SAMPLE_SECONDS = 10  # length cap of the sample video
+
+
+def _read_frames(path: Path, fps: int, start: int, count: int) -> np.ndarray:
+    """Frames [start, start + count) of a clip, decoding chunk by chunk (a long clip never sits in memory)."""
+    from pipeline import media
+
+    out = []
+    for chunk in media.iter_video_chunks(path, fps=fps, chunk=64):
+        lo, hi = max(start - chunk.start, 0), min(start + count - chunk.start, len(chunk))
+        if lo < hi:
+            out.append(chunk.frames[lo:hi])
+        if chunk.start + len(chunk) >= start + count:
+            break
+    return np.concatenate(out)
+
+
 def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
     """First frame of up to `max_clips` clips (one per speaker first) with their 68 landmarks drawn."""
     import pandas as pd
 
-    from pipeline import media, viz
+    from pipeline import viz
 
     manifest_path = out_dir / "manifest.parquet"
     manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else pd.DataFrame()
@@ -71,17 +88,17 @@ def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
     pick = pd.concat([firsts, rest]).head(max_clips)
     tiles, labels = [], []
     for row in pick.itertuples():
-        video = media.read_video(out_dir / row.clip_path, fps=int(row.fps))
         lms = load_npz(out_dir / row.features_path)["landmarks"]  # (T, 68, 3)
-        k = min(len(lms), video.frames.shape[0]) // 2
-        tiles.append(viz.draw_landmarks(video.frames[k], lms[k]))
+        k = len(lms) // 2
+        frame = _read_frames(out_dir / row.clip_path, int(row.fps), k, 1)[0]
+        tiles.append(viz.draw_landmarks(frame, lms[k]))
         labels.append(f"{row.clip_id} [{row.split}]")
     viz.save_png(path, viz.contact_sheet(tiles, labels))
 
 
 def write_sample_video(out_dir: Path, reports: Path) -> None:
-    """One clip (the first of the test split, else the first) with its 68 landmarks and head angles drawn, with
-    its audio: `sample_landmarks.mp4`, and a small `sample_landmarks.gif` for MLflow's preview."""
+    """One clip (the first of the test split, else the first; at most `SAMPLE_SECONDS`) with its 68 landmarks and
+    head angles drawn, with its audio: `sample_landmarks.mp4`, and a small `sample_landmarks.gif` for MLflow."""
     import cv2
     import pandas as pd
 
@@ -94,8 +111,8 @@ def write_sample_video(out_dir: Path, reports: Path) -> None:
         return
     test = manifest[manifest.split == "test"]
     row = (test if len(test) else manifest).iloc[0]
-    frames = media.read_video(out_dir / row.clip_path, fps=int(row.fps)).frames  # (T, S, S, 3)
     feats = load_npz(out_dir / row.features_path)
+    frames = _read_frames(out_dir / row.clip_path, int(row.fps), 0, SAMPLE_SECONDS * int(row.fps))  # (T, S, S, 3)
     n = min(len(frames), len(feats["landmarks"]))
     drawn = np.empty_like(frames[:n])
     for t in range(n):
@@ -122,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from pipeline.preprocess import discover
 
-        jobs, dup = discover(args.raw, cfg.extensions)
+        jobs, dup = discover(args.raw, cfg.extensions, cfg.speaker_regex)
         for j in jobs:
             print(f"{j.speaker}\t{j.clip_id}\t{j.src}")
-        print(f"{len(jobs)} video(s), {len(dup)} duplicate id(s); config: {dataclasses.asdict(cfg)}")
+        print(f"{len(jobs)} video(s), {len(dup)} unusable id(s); config: {dataclasses.asdict(cfg)}")
         return 0
 
     with sc.tracked_stage("preprocess", args, {"common": common, "preprocess": cfg}, [args.raw]) as tracker:
         try:
             summary = run_preprocess(args.raw, args.out, cfg, common, weights_dir=_weights_dir(cfg))
-        except FileNotFoundError as err:  # missing raw folder or backend weights: a message, not a traceback
+        except (FileNotFoundError, NoUsableClips) as err:  # a message, not a traceback
             raise SystemExit(f"preprocess: {err}") from err
         metrics = summary.metrics()
         args.reports.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.io import write_json
-from pipeline.synth import check
+from pipeline import extractor_check as check
 from stages import common as sc
 
 log = logging.getLogger("tavce.synth_check")

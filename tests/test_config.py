@@ -27,28 +27,46 @@ class Outer:
     inner: Inner = field(default_factory=Inner)
 
 
+def _full(**over: object) -> dict:
+    """A complete `Outer` section with some keys replaced (None values delete the key)."""
+    d: dict = {"lr": 1.0, "mode": "matmul", "enabled": True, "weights": None, "inner": {"a": 1, "b": [1.0]}}
+    for k, v in over.items():
+        if k == "inner":
+            d["inner"] = {**d["inner"], **v}  # type: ignore[dict-item]
+        elif v is _DROP:
+            d.pop(k)
+        else:
+            d[k] = v
+    return d
+
+
+_DROP = object()
+
+
 def test_valid_section_round_trip() -> None:
-    cfg = from_dict(Outer, {"lr": 2.0e-4, "mode": "diag", "inner": {"a": 3, "b": [1, 2.5]}}, "train")
+    cfg = from_dict(Outer, _full(lr=2.0e-4, mode="diag", inner={"a": 3, "b": [1, 2.5]}), "train")
     assert cfg == Outer(lr=2.0e-4, mode="diag", inner=Inner(a=3, b=(1.0, 2.5)))
     assert to_dict(cfg)["inner"]["b"] == [1.0, 2.5]
     assert flatten(to_dict(cfg))["inner.a"] == 3
 
 
 def test_int_accepted_for_float() -> None:
-    assert from_dict(Outer, {"lr": 1}, "train").lr == 1.0
+    assert from_dict(Outer, _full(lr=1), "train").lr == 1.0
 
 
 @pytest.mark.parametrize("data, key", [
-    ({"lr": 1.0, "lrr": 2}, "train.lrr"),                     # unknown key
-    ({}, "train.lr"),                                        # missing key
-    ({"lr": "fast"}, "train.lr"),                            # wrong type
-    ({"lr": 1.0, "mode": "both"}, "train.mode"),             # not a choice
-    ({"lr": 1.0, "enabled": "yes"}, "train.enabled"),        # string for bool
-    ({"lr": 1.0, "inner": {"a": 1.5}}, "train.inner.a"),     # float for int
-    ({"lr": 1.0, "inner": {"a": True}}, "train.inner.a"),    # bool for int
-    ({"lr": 1.0, "inner": {"b": ["x"]}}, "train.inner.b[0]"),
-    ({"lr": 1.0, "inner": {"c": 1}}, "train.inner.c"),
-    ({"lr": None}, "train.lr"),
+    (_full(lrr=2), "train.lrr"),                              # unknown key
+    (_full(lr=_DROP), "train.lr"),                            # missing key
+    (_full(enabled=_DROP), "train.enabled"),                  # missing key that has a default in code
+    ({"lr": 1.0, "mode": "matmul", "enabled": True, "weights": None, "inner": {"a": 1}}, "train.inner.b"),
+    (_full(lr="fast"), "train.lr"),                           # wrong type
+    (_full(mode="both"), "train.mode"),                       # not a choice
+    (_full(enabled="yes"), "train.enabled"),                  # string for bool
+    (_full(inner={"a": 1.5}), "train.inner.a"),               # float for int
+    (_full(inner={"a": True}), "train.inner.a"),              # bool for int
+    (_full(inner={"b": ["x"]}), "train.inner.b[0]"),
+    (_full(inner={"c": 1}), "train.inner.c"),
+    (_full(lr=None), "train.lr"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
@@ -63,8 +81,13 @@ def test_yaml_exponent_trap_is_explained() -> None:
 
 
 def test_validate_hook_names_section() -> None:
+    paths = {"raw": "r", "processed": "p", "reports": "q"}
     with pytest.raises(ConfigError, match="common"):
-        from_dict(CommonConfig, {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 100}, "common")
+        from_dict(CommonConfig, {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 100, "paths": paths},
+                  "common")
+    with pytest.raises(ConfigError, match="common.*fps 25 and sample_rate 16000"):
+        from_dict(CommonConfig, {"seed": 0, "fps": 30, "sample_rate": 16000, "image_size": 256, "paths": paths},
+                  "common")
 
 
 def test_project_params_load() -> None:

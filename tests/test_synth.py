@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.synth import tts
 from pipeline.synth.corpus import SynthConfig, generate_corpus, speaker_spec
 from pipeline.synth.face import FaceRenderer, sample_appearance
@@ -117,14 +117,19 @@ def test_blinks() -> None:
 
 # --- config ----------------------------------------------------------------------------------------------------
 def test_config_strict() -> None:
-    cfg = from_dict(SynthConfig, {"speakers": 2, "frame_sizes": [[128, 96]]}, "synth")
+    base = to_dict(SynthConfig())  # a complete section
+    cfg = from_dict(SynthConfig, {**base, "speakers": 2, "frame_sizes": [[128, 96]]}, "synth")
     assert cfg.frame_sizes == ((128, 96),)
     with pytest.raises(ConfigError, match="synth.speaker"):
-        from_dict(SynthConfig, {"speaker": 2}, "synth")
+        from_dict(SynthConfig, {**base, "speaker": 2}, "synth")
     with pytest.raises(ConfigError, match="synth"):
-        from_dict(SynthConfig, {"frame_sizes": [[127, 96]]}, "synth")
+        from_dict(SynthConfig, {**base, "frame_sizes": [[127, 96]]}, "synth")
     with pytest.raises(ConfigError, match="synth.min_duration_s"):
-        from_dict(SynthConfig, {"min_duration_s": "2e0"}, "synth")
+        from_dict(SynthConfig, {**base, "min_duration_s": "2e0"}, "synth")
+    missing = dict(base)
+    missing.pop("crf")
+    with pytest.raises(ConfigError, match="synth.crf: missing"):
+        from_dict(SynthConfig, missing, "synth")
 
 
 def test_speakers_are_prefix_stable() -> None:

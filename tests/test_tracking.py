@@ -147,3 +147,10 @@ def test_real_mlflow_server(tmp_path: Path) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_data_version_independent_of_how_the_path_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.bin").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert tracking.data_version([Path("raw")]) == tracking.data_version([tmp_path / "raw"])

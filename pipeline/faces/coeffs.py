@@ -42,7 +42,6 @@ Frames without landmarks (NaN rows) give NaN pose, residual and coefficient rows
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -51,6 +50,7 @@ import numpy as np
 
 from pipeline.faces.mediapipe68 import NUM_POINTS_68, TEMPLATE_68
 from pipeline.geometry import euler_from_matrix
+from pipeline.io import save_npz
 
 # Rigid points for the pose fit: brows, nose, eye corners (no eyelids, lips or jaw; see module docstring).
 POSE_POINTS: tuple[int, ...] = tuple(range(17, 36)) + (36, 39, 42, 45)
@@ -304,28 +304,10 @@ class ExpressionBasis:
         return np.asarray(coeffs, np.float64) @ self.components + self.mean
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an npz atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".basis-", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=BASIS_FORMAT_VERSION,
-                    mean=self.mean,
-                    components=self.components,
-                    explained_variance=self.explained_variance,
-                    n_samples=self.n_samples,
-                    n_effective=self.n_effective,
-                    seed=self.seed,
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write an npz atomically and byte-reproducibly (`pipeline.io.save_npz`)."""
+        save_npz(path, format_version=np.array(BASIS_FORMAT_VERSION), mean=self.mean, components=self.components,
+                 explained_variance=self.explained_variance, n_samples=np.array(self.n_samples),
+                 n_effective=np.array(self.n_effective), seed=np.array(self.seed))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ExpressionBasis:

@@ -40,10 +40,14 @@ def compare_clip(truth_path: Path, features_path: Path, clip_id: str) -> ClipCom
         "yaw": coeffs[:, 64], "pitch": coeffs[:, 65], "roll": coeffs[:, 66],
     }
     frames = truth["frames"]
-    tru = {k: np.asarray(frames[k if k != "mouth_open" else "mouth_open"], np.float64) for k in QUANTITIES}
-    n = min(len(coeffs), *(len(v) for v in tru.values()))
-    return ClipComparison(clip_id, np.arange(n) / float(truth["fps"]),
-                          {k: v[:n] for k, v in tru.items()}, {k: np.asarray(v[:n], np.float64) for k, v in rec.items()})
+    fps = float(feats["fps"])  # rate of the recovered frames (preprocessing's common.fps)
+    n_truth = len(frames["mouth_open"])
+    # Recovered frame k is the raw frame on screen at k / fps (preprocessing resamples by timestamps).
+    idx = np.floor(np.arange(len(coeffs)) * float(truth["fps"]) / fps + 1e-9).astype(int)  # (T,)
+    n = int(np.searchsorted(idx, n_truth))  # recovered frames that have a truth frame
+    idx = idx[:n]
+    tru = {k: np.asarray(frames[k], np.float64)[idx] for k in QUANTITIES}
+    return ClipComparison(clip_id, np.arange(n) / fps, tru, {k: np.asarray(v[:n], np.float64) for k, v in rec.items()})
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
