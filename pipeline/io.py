@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -70,6 +72,25 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load every array of an .npz into memory (no pickles)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """blake2b-128 hex digest of a file's bytes.
+
+    Memoised per process on (path, size, mtime, inode), so a stage that fingerprints its inputs (preprocess
+    cache keys) and records their data version (tracking) reads each file once.
+    """
+    st = os.stat(path)
+    return _file_digest(os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:

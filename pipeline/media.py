@@ -592,6 +592,21 @@ def iter_video_chunks(path: str | os.PathLike[str], fps: float = FPS, chunk: int
         source.close()
 
 
+def read_frames(path: str | os.PathLike[str], start: int, count: int, fps: float = FPS) -> np.ndarray:
+    """Resampled frames [start, start + count) (fewer at the clip's end), decoded chunk by chunk so that a
+    long clip never sits in memory whole. Returns (t, H, W, 3) uint8."""
+    out = []
+    for part in iter_video_chunks(path, fps=fps, chunk=_DECODE_BATCH):
+        lo, hi = max(start - part.start, 0), min(start + count - part.start, len(part))
+        if lo < hi:
+            out.append(part.frames[lo:hi])
+        if part.start + len(part) >= start + count:
+            break
+    if not out:
+        raise ValueError(f"{path}: no frames in [{start}, {start + count})")
+    return np.concatenate(out)
+
+
 def write_video(
     path: str | os.PathLike[str],
     frames: np.ndarray | Iterable[np.ndarray],

@@ -34,9 +34,9 @@ import re
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +55,7 @@ from pipeline.faces.landmarks import (
     check_face_alignment_weights,
     make_backend,
 )
-from pipeline.io import atomic_path, load_npz, remove_stale_temps, save_npz, write_json
+from pipeline.io import atomic_path, file_digest, load_npz, remove_stale_temps, save_npz, write_json
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +184,13 @@ class ClipOutcome:
     reason: str = ""
     message: str = ""
     frames: int = 0
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Discovery
 
 
-def speaker_of(clip_id: str, speaker_regex: str | None = None) -> str:
+def speaker_of(clip_id: str, speaker_regex: str | None = None) -> str | None:
     """The speaker of a clip id (see `PreprocessConfig.speaker_regex`); None if the regex does not match."""
     if speaker_regex is None:
         return clip_id.split("/")[0]  # the first folder, or the stem of a file directly in the raw folder
@@ -228,14 +227,6 @@ def discover(raw_dir: Path, extensions: Sequence[str] = VIDEO_EXTENSIONS, speake
     return jobs, rejected
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fingerprint(src: Path, settings: dict[str, Any]) -> str:
     blob = json.dumps({"file": file_digest(src), "settings": settings}, sort_keys=True)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
@@ -243,20 +234,6 @@ def _fingerprint(src: Path, settings: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Pass 1: one clip
-
-
-def _interpolate_missing(landmarks: np.ndarray) -> np.ndarray:
-    """Fill frames without a face (NaN rows) by linear interpolation in time, holding the ends."""
-    t = landmarks.shape[0]
-    flat = landmarks.reshape(t, -1)  # (T, 68*3)
-    ok = ~np.isnan(flat).any(axis=1)
-    if ok.all():
-        return landmarks
-    idx = np.arange(t)
-    out = np.empty_like(flat)
-    for c in range(flat.shape[1]):
-        out[:, c] = np.interp(idx, idx[ok], flat[ok, c])
-    return out.reshape(landmarks.shape)
 
 
 def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: CommonConfig, backend: Any,
@@ -313,7 +290,8 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     boxes = crop_mod.smooth_boxes(track.boxes, window=cfg.box_smoothing_frames)  # (T, 4)
     crop = crop_mod.fixed_crop(boxes, (h, w), scale=cfg.crop_scale)
     size = common.image_size
-    lms = _interpolate_missing(track.landmarks)  # (T, 68, 3) in source pixels
+    t = track.num_frames
+    lms = crop_mod.interpolate_gaps(track.landmarks.reshape(t, -1)).reshape(track.landmarks.shape)  # (T, 68, 3) px
     lms = crop_mod.transform_landmarks(lms, crop, size).astype(np.float32)  # (T, 68, 3) in crop pixels
     pose = coeffs_mod.fit_pose(lms, image_size=size)
 
@@ -343,7 +321,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
              rotation=pose.rotation.astype(np.float32), translation=pose.translation.astype(np.float32),
              scale=pose.scale.astype(np.float32), aligned=pose.aligned.astype(np.float32),
              wav=wav.astype(np.float32), mel=feats.mel, mfcc=feats.mfcc, fbank=feats.fbank)
-    return ClipOutcome(job.clip_id, job.rel, "done", frames=n, seconds=duration)
+    return ClipOutcome(job.clip_id, job.rel, "done", frames=n)
 
 
 def _cached(out_dir: Path, job: ClipJob, fingerprint: str) -> bool:
@@ -720,11 +698,3 @@ def _report(outcome: ClipOutcome, bar: Any, on_clip: Callable[[ClipOutcome], Non
         bar.set_postfix_str(f"rejected {outcome.clip_id}: {outcome.reason}", refresh=False)
     if on_clip is not None:
         on_clip(outcome)
-
-
-def summary_json(summary: PreprocessSummary) -> dict[str, Any]:
-    return summary.metrics()
-
-
-__all__ = ["PreprocessConfig", "SplitConfig", "run_preprocess", "discover", "assign_splits", "process_clip",
-           "ClipRejected", "PreprocessSummary", "write_json"]

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.io import file_digest
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT_NAME = "tavce"
@@ -106,20 +108,13 @@ def data_version(paths: Iterable[str | os.PathLike[str]]) -> str:
     for p in sorted((Path(x) for x in paths), key=lambda q: (q.name, q.as_posix())):
         h.update(b"\0path\0" + p.name.encode())  # the name only: `data/raw` and `/abs/data/raw` agree
         if p.is_file():
-            _hash_file_into(h, p)
+            h.update(file_digest(p).encode())
         elif p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
-                h.update(b"\0file\0" + f.relative_to(p).as_posix().encode())
-                _hash_file_into(h, f)
+                h.update(b"\0file\0" + f.relative_to(p).as_posix().encode() + file_digest(f).encode())
         else:
             h.update(b"\0missing")
     return h.hexdigest()
-
-
-def _hash_file_into(h: "hashlib._Hash", path: Path) -> None:
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
 
 
 @contextlib.contextmanager

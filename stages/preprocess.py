@@ -59,25 +59,11 @@ def _weights_dir(cfg: PreprocessConfig) -> str | None:
 SAMPLE_SECONDS = 10  # length cap of the sample video
 
 
-def _read_frames(path: Path, fps: int, start: int, count: int) -> np.ndarray:
-    """Frames [start, start + count) of a clip, decoding chunk by chunk (a long clip never sits in memory)."""
-    from pipeline import media
-
-    out = []
-    for chunk in media.iter_video_chunks(path, fps=fps, chunk=64):
-        lo, hi = max(start - chunk.start, 0), min(start + count - chunk.start, len(chunk))
-        if lo < hi:
-            out.append(chunk.frames[lo:hi])
-        if chunk.start + len(chunk) >= start + count:
-            break
-    return np.concatenate(out)
-
-
 def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
     """First frame of up to `max_clips` clips (one per speaker first) with their 68 landmarks drawn."""
     import pandas as pd
 
-    from pipeline import viz
+    from pipeline import media, viz
 
     manifest_path = out_dir / "manifest.parquet"
     manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else pd.DataFrame()
@@ -90,7 +76,7 @@ def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
     for row in pick.itertuples():
         lms = load_npz(out_dir / row.features_path)["landmarks"]  # (T, 68, 3)
         k = len(lms) // 2
-        frame = _read_frames(out_dir / row.clip_path, int(row.fps), k, 1)[0]
+        frame = media.read_frames(out_dir / row.clip_path, k, 1, fps=int(row.fps))[0]
         tiles.append(viz.draw_landmarks(frame, lms[k]))
         labels.append(f"{row.clip_id} [{row.split}]")
     viz.save_png(path, viz.contact_sheet(tiles, labels))
@@ -112,7 +98,7 @@ def write_sample_video(out_dir: Path, reports: Path) -> None:
     test = manifest[manifest.split == "test"]
     row = (test if len(test) else manifest).iloc[0]
     feats = load_npz(out_dir / row.features_path)
-    frames = _read_frames(out_dir / row.clip_path, int(row.fps), 0, SAMPLE_SECONDS * int(row.fps))  # (T, S, S, 3)
+    frames = media.read_frames(out_dir / row.clip_path, 0, SAMPLE_SECONDS * int(row.fps), fps=int(row.fps))
     n = min(len(frames), len(feats["landmarks"]))
     drawn = np.empty_like(frames[:n])
     for t in range(n):

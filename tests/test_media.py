@@ -489,3 +489,12 @@ def test_probe_is_cached_but_sees_rewritten_files(tmp_path: Path, files: dict[st
     shutil.copy(files["v30.mp4"], dst)
     os.utime(dst, ns=(1, 1))
     assert M.probe(dst).fps == 30
+
+
+def test_read_frames_equals_slice_of_read_video(tmp_path: Path) -> None:
+    frames = (np.arange(150, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8))
+    path = tmp_path / "ramp.mp4"
+    M.write_video(path, frames, fps=25, crf=0)
+    full = M.read_video(path).frames
+    np.testing.assert_array_equal(M.read_frames(path, 60, 10), full[60:70])
+    np.testing.assert_array_equal(M.read_frames(path, 140, 50), full[140:])

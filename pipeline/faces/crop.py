@@ -42,7 +42,7 @@ class CropBox:
         return (self.x0 + self.size / 2.0, self.y0 + self.size / 2.0)
 
 
-def _interpolate_gaps(values: np.ndarray) -> np.ndarray:
+def interpolate_gaps(values: np.ndarray) -> np.ndarray:
     """Fill NaN rows of (T, C) by linear interpolation in time; leading/trailing gaps hold the nearest value."""
     out = values.astype(np.float64, copy=True)
     valid = np.isfinite(out).all(axis=1)  # (T,)
@@ -76,7 +76,7 @@ def smooth_boxes(boxes: np.ndarray, *, window: int = 5, median_window: int | Non
         median_window = window
     if median_window < 1 or mean_window < 1:
         raise ValueError(f"filter windows must be >= 1, got median {median_window}, mean {mean_window}")
-    filled = _interpolate_gaps(boxes)  # (T, 4)
+    filled = interpolate_gaps(boxes)  # (T, 4)
     if not np.isfinite(filled).all() or len(filled) == 0:
         return filled
     T = len(filled)
