@@ -82,7 +82,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """`preprocess` section of params.yaml.
+    r"""`preprocess` section of params.yaml.
 
     Attributes:
         backend: landmark backend, `mediapipe` (default, offline) or `face_alignment` (needs its weights).

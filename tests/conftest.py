@@ -30,3 +30,20 @@ def rng() -> np.random.Generator:
 def ffmpeg(*args: str) -> None:
     """Run the ffmpeg CLI quietly (test media generation)."""
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", *args], check=True)
+
+
+@pytest.fixture(scope="session")
+def processed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny preprocessed synthetic corpus shared by the training tests: 3 speakers x 2 clips of ~2 s,
+    split train/val/test by speaker, 128 px crops. Built once per session (~30 s), through the real
+    synth + preprocess code paths."""
+    from pipeline.config import CommonConfig
+    from pipeline.preprocess import PreprocessConfig, run_preprocess
+    from pipeline.synth.corpus import SynthConfig, generate_corpus
+
+    base = tmp_path_factory.mktemp("corpus")
+    synth = SynthConfig(speakers=3, clips_per_speaker=2, min_duration_s=2.0, max_duration_s=2.4, workers=2)
+    generate_corpus(synth, base / "raw", seed=0, progress=False)
+    common = CommonConfig(seed=0, fps=25, sample_rate=16000, image_size=128)
+    run_preprocess(base / "raw", base / "processed", PreprocessConfig(workers=2), common, progress=False)
+    return base / "processed"

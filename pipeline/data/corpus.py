@@ -1,0 +1,177 @@
+"""The preprocess stage's output as training data: clip records, cached feature files, random-access frames.
+
+Layout read here (written by `pipeline.preprocess`): ``<processed>/manifest.parquet`` (one row per usable clip:
+clip_id, speaker, split, clip_path, features_path, frames, ...), ``clips/<id>.mp4`` (cropped, constant 25 fps, so
+frame k of the file is video frame k of the features) and ``features/<id>.npz`` (landmarks (T,68,3) in crop pixels,
+coeffs (T,73), mel (M,80), mfcc (N,13), fbank (N,26), wav (S,)).
+
+`FeatureStore` and `FrameStore` keep small per-process caches and drop them when pickled, so one instance can be
+handed to DataLoader workers (each worker opens its own decord readers).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MOUTH = slice(48, 68)  # 68-point iBUG mouth (outer + inner lip), SPEC §1
+RIGID = slice(17, 48)  # eyebrows, nose, eyes: the 31 rigid points of MS-Sync's head-motion metric
+MOUTH_BOX_PX = 72  # side of the mouth ROI in a 256 crop (SPEC §1) ...
+MOUTH_ROI_SIZE = 112  # ... resized to 112x112
+REFERENCE_CROP = 256  # crop size the 72-px box refers to; other crop sizes scale it
+
+
+class CorpusError(ValueError):
+    """The processed corpus is missing, empty for the requested splits, or inconsistent; names the file."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One usable clip of the manifest, with absolute paths."""
+
+    clip_id: str
+    speaker: str
+    split: str
+    video: Path
+    features: Path
+    frames: int
+
+
+def load_clips(processed: str | os.PathLike[str], splits: Sequence[str] | None = None,
+               min_frames: int = 1) -> list[Clip]:
+    """Clips of the given splits (all when None) with at least `min_frames` frames, in manifest order.
+
+    Raises:
+        CorpusError: no manifest, or no clip left (the message says which splits and how many were too short).
+    """
+    import pandas as pd
+
+    processed = Path(processed)
+    manifest = processed / "manifest.parquet"
+    if not manifest.is_file():
+        raise CorpusError(f"{manifest}: not found (run the preprocess stage first)")
+    df = pd.read_parquet(manifest)
+    if splits is not None:
+        df = df[df["split"].isin(list(splits))]
+    short = int((df["frames"] < min_frames).sum())
+    df = df[df["frames"] >= min_frames]
+    if df.empty:
+        raise CorpusError(f"{manifest}: no clip in split(s) {list(splits) if splits else 'any'} with at least "
+                          f"{min_frames} frames ({short} shorter ones skipped)")
+    return [Clip(r.clip_id, r.speaker, r.split, processed / r.clip_path, processed / r.features_path, int(r.frames))
+            for r in df.itertuples()]
+
+
+class _PerProcessCache:
+    """LRU cache that is emptied when pickled (DataLoader workers rebuild it in their own process)."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_items": self.max_items}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_items"])
+
+    def get(self, key: Any, make: Any) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        if len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+
+class FeatureStore(_PerProcessCache):
+    """Feature arrays of clips, loaded once per process: ``store.get_array(clip, "mel")``."""
+
+    def __init__(self, max_items: int = 256) -> None:
+        super().__init__(max_items)
+
+    def get_array(self, clip: Clip, key: str) -> np.ndarray:
+        def load() -> dict[str, np.ndarray]:
+            try:
+                with np.load(clip.features) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError) as err:
+                raise CorpusError(f"{clip.features}: cannot read feature file ({err})") from err
+        arrays = self.get(clip.features, load)
+        if key not in arrays:
+            raise CorpusError(f"{clip.features}: no array `{key}` (has {sorted(arrays)})")
+        return arrays[key]
+
+
+class FrameStore(_PerProcessCache):
+    """Random access to frames of the cropped clips through decord (one reader per clip and process)."""
+
+    def __init__(self, max_items: int = 16) -> None:
+        super().__init__(max_items)
+
+    def frames(self, clip: Clip, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at `indices` (clamped to the clip) as (n, H, W, 3) uint8 RGB."""
+        import decord
+
+        def open_reader() -> Any:
+            try:
+                return decord.VideoReader(str(clip.video), num_threads=1)
+            except (decord.DECORDError, RuntimeError) as err:
+                raise CorpusError(f"{clip.video}: cannot open clip ({err})") from err
+        vr = self.get(clip.video, open_reader)
+        idx = np.clip(np.asarray(indices, dtype=np.int64), 0, len(vr) - 1)
+        return vr.get_batch(idx.tolist()).asnumpy()  # (n, H, W, 3)
+
+
+def mouth_roi(frame: np.ndarray, landmarks: np.ndarray, box: float = MOUTH_BOX_PX, size: int = MOUTH_ROI_SIZE,
+              reference: int = REFERENCE_CROP) -> np.ndarray:
+    """SPEC §1 mouth ROI: a `box`-pixel square (for a `reference`-pixel crop; scaled with the actual crop size)
+    centred on the median of the 20 mouth landmarks, resized to size x size. Pixels outside the frame repeat the edge.
+
+    Args:
+        frame: (H, W, 3) uint8 face crop.
+        landmarks: (68, 2+) landmarks of that frame in its pixel coordinates.
+
+    Returns:
+        (size, size, 3) uint8.
+    """
+    import cv2
+
+    side = box * frame.shape[0] / reference
+    cx, cy = np.median(landmarks[MOUTH, :2], axis=0)
+    s = size / side
+    m = np.array([[s, 0.0, size / 2 - s * cx], [0.0, s, size / 2 - s * cy]], dtype=np.float64)  # crop -> roi
+    return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def lower_face(frame: np.ndarray, size: int) -> np.ndarray:
+    """Lower half of a face crop (Wav2Lip's SyncNet input region) resized to a size x size square (uint8)."""
+    import cv2
+
+    h = frame.shape[0]
+    half = np.ascontiguousarray(frame[h // 2:])
+    return cv2.resize(half, (size, size), interpolation=cv2.INTER_AREA if size < h // 2 else cv2.INTER_LINEAR)
+
+
+def resize_square(frame: np.ndarray, size: int) -> np.ndarray:
+    """Whole crop resized to size x size (uint8)."""
+    import cv2
+
+    if frame.shape[0] == size and frame.shape[1] == size:
+        return frame
+    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA if size < frame.shape[0] else cv2.INTER_LINEAR)
+
+
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1]."""
+    x = np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
