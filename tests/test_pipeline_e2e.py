@@ -1,5 +1,5 @@
-"""End to end: `dvc repro` of synth + preprocess in a temporary git repository, a no-op rerun, an experiment,
-and the MLflow runs they leave behind."""
+"""End to end: `dvc repro` of every stage (synth, preprocess, checks, the three sync models) in a temporary git
+repository, a no-op rerun, an experiment on a training param, and the MLflow runs they leave behind."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["pipeline", "stages", "params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", ".dvc/config",
+COPY = ["pipeline", "stages", "params.yaml", "configs", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", ".dvc/config",
         ".dvc/.gitignore"]
+
+
+STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -37,8 +40,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["synth"].update(speakers=3, clips_per_speaker=1, min_duration_s=1.6, max_duration_s=2.0)
+    params["synth"].update(speakers=3, clips_per_speaker=2, min_duration_s=1.6, max_duration_s=2.0)
     params["preprocess"]["workers"] = 1
+    # training stages: a handful of steps (the real runs are checked in their own tests)
+    for section in ("train_tavc", "train_syncnet"):
+        params[section].update(steps=4, eval_every=0, checkpoint_every=2, log_every=1)
+    params["train_tavc"]["eval_samples_per_clip"] = 8
+    params["train_syncers"]["pyramid"]["steps"] = 3
+    params["train_syncers"]["rigid"]["steps"] = 3
+    params["train_syncers"].update(eval_every=0, checkpoint_every=2, log_every=1, eval_samples=16)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TAVCE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -61,16 +71,20 @@ def _runs(repo: Path) -> pd.DataFrame:
 def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> None:
     path, env = repo
     out = _run(["dvc", "repro"], path, env)
-    for stage in ("synth", "preprocess", "synth_check"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     manifest = pd.read_parquet(path / "data/processed/manifest.parquet")
-    assert len(manifest) == 3 and set(manifest.split) == {"train", "val", "test"}
+    assert len(manifest) == 6 and set(manifest.split) == {"train", "val", "test"}
     metrics = yaml.safe_load((path / "reports/preprocess/metrics.json").read_text())
-    assert metrics["clips_out"] == 3 and metrics["rejected_total"] == 0
+    assert metrics["clips_out"] == 6 and metrics["rejected_total"] == 0
     assert (path / "reports/preprocess/contact_sheet.png").stat().st_size > 1000
     assert (path / "dvc.lock").is_file()
     runs = _runs(path)
-    assert sorted(runs["tags.stage"]) == ["preprocess", "synth", "synth_check"]
+    assert sorted(runs["tags.stage"]) == sorted(STAGES)
+    for stage in ("train_tavc", "train_syncnet", "train_syncers"):
+        assert (path / "reports" / stage / "metrics.json").is_file()
+    tavc = runs.set_index("tags.stage").loc["train_tavc"]
+    assert tavc["params.train_tavc.steps"] == "4"
     assert (runs["status"] == "FINISHED").all()
     head = _run(["git", "rev-parse", "HEAD"], path, env).strip()
     assert set(runs["tags.git_rev"]) == {head}
@@ -79,16 +93,17 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
 
     again = _run(["dvc", "repro"], path, env)
     assert "Running stage" not in again
-    assert len(_runs(path)) == 3  # a skipped stage logs nothing
+    assert len(_runs(path)) == len(STAGES)  # a skipped stage logs nothing
 
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run([*git, "add", "-A"], path, env)
     _run([*git, "commit", "-qm", "lock"], path, env)
     head = _run(["git", "rev-parse", "HEAD"], path, env).strip()
-    exp = _run(["dvc", "exp", "run", "-n", "wider-crop", "-S", "preprocess.crop_scale=2.0"], path, env)
-    assert "Running stage 'preprocess'" in exp and "Running stage 'synth'" not in exp
+    exp = _run(["dvc", "exp", "run", "-n", "lr-variant", "-S", "train_tavc.lr=2e-4"], path, env)
+    assert "Running stage 'train_tavc'" in exp
+    assert "Running stage 'preprocess'" not in exp and "Running stage 'train_syncnet'" not in exp
     runs = _runs(path)
-    new = runs[runs["tags.dvc_exp_name"].fillna("") == "wider-crop"].set_index("tags.stage")
-    assert sorted(new.index) == ["preprocess", "synth_check"]
-    assert new.loc["preprocess", "params.preprocess.crop_scale"] == "2.0"
-    assert new.loc["preprocess", "tags.dvc_baseline_rev"] == head
+    new = runs[runs["tags.dvc_exp_name"].fillna("") == "lr-variant"].set_index("tags.stage")
+    assert sorted(new.index) == ["train_tavc"]
+    assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
+    assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head

@@ -1,0 +1,90 @@
+"""The full-size configuration (configs/params.full.yaml, for GPU users) loads strictly, builds the papers'
+networks with the expected parameter counts, and runs a forward pass on the CPU. params.yaml (the small CPU
+configuration) must have exactly the same structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import CommonConfig, from_dict
+from pipeline.models.syncer import Syncer
+from pipeline.models.tavc import TAVC
+from pipeline.train.common import count_parameters
+from pipeline.train.syncers import TrainSyncersConfig, build_syncers, syncer_config
+from pipeline.train.syncnet import TrainSyncNetConfig, build_model
+from pipeline.train.tavc import TrainTAVCConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = yaml.safe_load((ROOT / "configs/params.full.yaml").read_text())
+SMALL = yaml.safe_load((ROOT / "params.yaml").read_text())
+SECTIONS = {"train_tavc": TrainTAVCConfig, "train_syncnet": TrainSyncNetConfig, "train_syncers": TrainSyncersConfig}
+
+
+def _keys(d: object, prefix: str = "") -> set[str]:
+    if not isinstance(d, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}.{k}") for k, v in d.items())) if d else {prefix}
+
+
+def test_full_and_small_configs_have_the_same_keys() -> None:
+    assert set(FULL) == set(SMALL)
+    for section in FULL:
+        assert _keys(FULL[section]) == _keys(SMALL[section]), section
+    from_dict(CommonConfig, FULL["common"], "common")
+    for section, cls in SECTIONS.items():
+        from_dict(cls, FULL[section], section)
+        from_dict(cls, SMALL[section], section)
+
+
+@torch.no_grad()
+def test_full_tavc_metric() -> None:
+    cfg = from_dict(TrainTAVCConfig, FULL["train_tavc"], "train_tavc")
+    assert (cfg.model.embed_dim, cfg.batch_size, cfg.lr, cfg.steps) == (128, 16, 1e-4, 40_000)
+    model = TAVC(cfg.model).eval()
+    # Wav2Lip mel encoder 2.81 M + FC 512->128, ResNet18 trunk 11.18 M + FC 512->128 (paper: ResNet18 + FC -> 128)
+    assert count_parameters(model.audio_encoder) == 2_812_672
+    assert count_parameters(model) == 14_120_512
+    f_a, f_v = model(torch.zeros(2, 1, 80, 16), torch.zeros(2, 3, 112, 112))
+    assert f_a.shape == f_v.shape == (2, 128)
+
+
+@torch.no_grad()
+def test_full_syncnet_is_syncnet_v2() -> None:
+    cfg = from_dict(TrainSyncNetConfig, FULL["train_syncnet"], "train_syncnet")
+    model = build_model(cfg).eval()
+    assert count_parameters(model) == 13_631_616
+    video = torch.zeros(1, 3, 5, 224, 224)
+    audio = torch.zeros(1, 1, 13, 20)
+    assert model.forward_lip(video).shape == model.forward_aud(audio).shape == (1, 1024)
+    assert "netcnnlip.18.weight" in model.state_dict() and "netfcaud.3.weight" in model.state_dict()
+
+
+@torch.no_grad()
+def test_full_syncers() -> None:
+    cfg = from_dict(TrainSyncersConfig, FULL["train_syncers"], "train_syncers")
+    syncers = build_syncers(cfg)
+    assert sorted(syncers) == ["ms1", "ms2", "ms3", "ms4", "rigid1", "rigid2", "rigid3"]
+    assert count_parameters(syncers) == 36_968_704
+    for family, channels in (("ms", 136), ("rigid", 62)):
+        sc = syncer_config(cfg, family)
+        assert sc.embed_dim == 512 and sc.motion_channels == channels
+        scores = Syncer(sc).eval()(torch.zeros(2, 26, 20), torch.zeros(2, 3, channels, 5))
+        assert scores.shape == (2, 3)
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_small_configs_are_much_smaller(section: str) -> None:
+    """The default pipeline's models are the same architectures, narrowed for the CPU."""
+    small = from_dict(SECTIONS[section], SMALL[section], section)
+    full = from_dict(SECTIONS[section], FULL[section], section)
+    if section == "train_tavc":
+        n_small, n_full = count_parameters(TAVC(small.model)), count_parameters(TAVC(full.model))
+    elif section == "train_syncnet":
+        n_small, n_full = count_parameters(build_model(small)), count_parameters(build_model(full))
+    else:
+        n_small, n_full = count_parameters(build_syncers(small)), count_parameters(build_syncers(full))
+    assert n_small * 10 < n_full
