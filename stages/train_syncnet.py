@@ -2,7 +2,8 @@
 
     python -m stages.train_syncnet --processed data/processed --out models/syncnet --reports reports/train_syncnet
 
-Trains the two-stream SyncNet (5 frames of the lower face vs 20 MFCC rows) with the contrastive margin loss on the
+Trains the two-stream SyncNet (5 frames of the face region `model.face_region` - mouth square, lower half or
+whole crop - vs 20 MFCC rows) with the contrastive margin loss on the
 `train_splits` speakers, resuming from <out>/checkpoint.pt when it was written with the same params and data. Then,
 on the `eval_splits` speakers, runs syncnet_python's offset search: the AV offset predicted for audio shifted by
 -S..+S frames (accuracy within ±1 frame) and LSE-D / LSE-C of synced vs shuffled audio. Writes <reports>/metrics.json,

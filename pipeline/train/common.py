@@ -194,6 +194,19 @@ def resumable(path: Path, fp: str, kind: str) -> dict[str, Any] | None:
     return state
 
 
+def restore(state: Mapping[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None,
+            source: str) -> tuple[int, "History"]:
+    """Load a resumable checkpoint's weights (strictly) and optimizer state; returns (step, its History truncated
+    to that step, since a resumed run rewrites later rows)."""
+    load_state_strict(model, state["model"], source)
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    start = int(state["step"])
+    history = History(state.get("extra", {}).get("history", []))
+    history.truncate(start)
+    return start, history
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Curves and statistics
 # ----------------------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from pipeline.models.syncer import Syncer, SyncerConfig
 from pipeline.pyramid import level_windows
 from pipeline.tracking import Tracker
 from pipeline.train.common import (History, WeightsError, count_parameters, fingerprint, load_checkpoint,
-                                   load_state_strict, resumable, sample_rng, save_checkpoint, seed_everything,
+                                   load_state_strict, restore, resumable, sample_rng, save_checkpoint, seed_everything,
                                    step_loader)
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,7 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
     start, history = 0, History()
     state = resumable(ckpt_path, fp, KIND)
     if state is not None:
-        load_state_strict(model, state["model"], str(ckpt_path))
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = History(state["extra"].get("history", []))
-        history.truncate(start)
+        start, history = restore(state, model, optimizer, str(ckpt_path))
         if start < total:
             log.info("resuming %s at step %d of %d", ckpt_path, start, total)
 

@@ -34,7 +34,7 @@ from pipeline.metrics.lse import lse
 from pipeline.models.syncnet import SyncNet, SyncNetConfig, load_syncnet_v2
 from pipeline.tracking import Tracker
 from pipeline.train.common import (History, WeightsError, bootstrap_ci, count_parameters, fingerprint,
-                                   load_checkpoint, load_state_strict, plot_curves, resumable, save_checkpoint,
+                                   load_checkpoint, load_state_strict, plot_curves, restore, resumable, save_checkpoint,
                                    seed_everything, step_loader)
 
 log = logging.getLogger(__name__)
@@ -275,12 +275,7 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLi
     history, start = History(), 0
     state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
     if state is not None:
-        load_state_strict(model, state["model"], str(ckpt_path))
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = History(state["extra"].get("history", []))
-        history.truncate(start)
+        start, history = restore(state, model, optimizer, str(ckpt_path))
         log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
     log.info("SyncNet %s: %.2f M parameters", cfg.model, count_parameters(model) / 1e6)
 

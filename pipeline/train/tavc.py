@@ -27,8 +27,8 @@ from pipeline.io import file_digest
 from pipeline.losses.tavc import TAVCLoss, tavc_similarity
 from pipeline.models.tavc import CHECKPOINT_KIND, TAVC, TAVCConfig, load_pretrained
 from pipeline.tracking import Tracker
-from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint, load_state_strict,
-                                   plot_curves, resumable, save_checkpoint, seed_everything, step_loader)
+from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint,
+                                   plot_curves, restore, resumable, save_checkpoint, seed_everything, step_loader)
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,13 @@ class TrainTAVCConfig:
     checkpoint_every: int = 1000
     workers: int = 2
     roi_cache_mb: int = 512
+    threads: int = 0  # torch intra-op threads while training (0 = torch's default); results depend on it (float sums)
 
     def validate(self) -> None:
         for name in ("tau", "batch_size", "eval_samples_per_clip", "log_every", "checkpoint_every", "bootstrap"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "eval_every", "workers", "roi_cache_mb"):
+        for name in ("steps", "eval_every", "workers", "roi_cache_mb", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or self.alpha < 0:
@@ -123,7 +124,8 @@ def learning_rate(cfg: TrainTAVCConfig, step: int) -> float:
 def _fingerprint_config(cfg: TrainTAVCConfig) -> TrainTAVCConfig:
     # Worker count and ROI cache size change neither the batches nor the weights (keyed sampling), so a run may
     # resume with other values; nor do the evaluation settings.
-    return dataclasses.replace(cfg, workers=0, roi_cache_mb=0, eval_every=0, bootstrap=1, log_every=1)
+    # Threads change float summation order only (a resumed run stays valid), like in the syncers stage.
+    return dataclasses.replace(cfg, workers=0, roi_cache_mb=0, eval_every=0, bootstrap=1, log_every=1, threads=0)
 
 
 @torch.no_grad()
@@ -166,6 +168,21 @@ def train_tavc(processed: str | os.PathLike[str], out: str | os.PathLike[str], c
                tracker: Tracker, progress: bool = True) -> TAVCRunResult:
     """Train (or resume, or reuse) the TAVC metric and evaluate it on the held-out speakers.
 
+    Runs with ``cfg.threads`` torch threads (restored afterwards) when it is not 0; see :func:`_train_tavc`.
+    """
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_tavc(processed, out, cfg, seed, tracker, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tavc(processed: str | os.PathLike[str], out: str | os.PathLike[str], cfg: TrainTAVCConfig, seed: int,
+                tracker: Tracker, progress: bool = True) -> TAVCRunResult:
+    """Train (or resume, or reuse) the TAVC metric and evaluate it on the held-out speakers.
+
     Args:
         processed: output folder of the preprocess stage (manifest, features, cropped clips).
         out: model folder; ``checkpoint.pt`` (kind ``tavc``) is written there every `checkpoint_every` steps and at
@@ -193,11 +210,7 @@ def train_tavc(processed: str | os.PathLike[str], out: str | os.PathLike[str], c
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
     if state is not None:
-        load_state_strict(model, state["model"], str(ckpt_path))
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = History(state["extra"].get("history", []))
-        history.truncate(start)
+        start, history = restore(state, model, optimizer, str(ckpt_path))
         log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
     else:
         load_pretrained(model, audio=cfg.weights.audio, visual=cfg.weights.visual)
