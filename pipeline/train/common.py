@@ -82,9 +82,23 @@ def step_loader(dataset: torch.utils.data.Dataset, batch_size: int, start: int, 
 # Checkpoints: {format, kind, config, model, optimizer, step, fingerprint, extra}
 # ----------------------------------------------------------------------------------------------------------------
 def fingerprint(*parts: Any) -> str:
-    """Short stable hash of JSON-able parts (configs as dicts, data versions): decides whether to resume."""
-    text = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str)
+    """Short stable hash of JSON-able parts (configs as dicts, data versions) and of the library's source
+    (:func:`source_digest`): decides whether a checkpoint may be resumed."""
+    text = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts] + [source_digest()],
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_digest() -> str:
+    """Hash of the `pipeline` package's source: part of every training fingerprint, so that a rerun after a code
+    change (DVC reruns a stage when the code it depends on changes) trains anew instead of reusing old weights,
+    while a rerun after a kill (same code) resumes."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(path: str | os.PathLike[str], *, kind: str, config: Any, model: nn.Module,
