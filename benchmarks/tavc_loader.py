@@ -3,7 +3,8 @@
     python benchmarks/tavc_loader.py [--processed data/processed] [--steps 40] [--params params.yaml]
 
 Measured in one run on the same keyed batches (figures are batches/s; ratios matter on a noisy machine):
-- "loader, cold": a fresh DataLoader with 0 / 1 / 2 workers (decord seeks + mouth ROI crops, empty ROI cache);
+- "loader, cold": a fresh DataLoader with 0 / 1 / 2 workers (decord seeks + mouth ROI crops, empty ROI cache),
+  without and with the prefetch of `prefetch_frames` neighbours per seek;
 - "loader, warm": the same batches again through a dataset whose ROI cache is filled (what later epochs see);
 - "model step": forward + backward + Adam step of the small config (params.yaml) and of the full-size config
   (configs/params.full.yaml) on one prefetched batch.
@@ -76,7 +77,12 @@ def main() -> None:
     rows = []
     for workers in (0, 1, 2):
         ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb)
-        rows.append((f"loader, cold, {workers} worker(s)", loader_rate(ds, small.batch_size, args.steps, workers)))
+        rows.append((f"loader, cold, no prefetch, {workers} worker(s)",
+                     loader_rate(ds, small.batch_size, args.steps, workers)))
+    for workers in (0, 1, 2):
+        ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb, small.prefetch_frames)
+        rows.append((f"loader, cold, prefetch {small.prefetch_frames}, {workers} worker(s)",
+                     loader_rate(ds, small.batch_size, args.steps, workers)))
     warm = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb)
     loader_rate(warm, small.batch_size, args.steps, 0)
     rows.append(("loader, warm ROI cache, 0 workers", loader_rate(warm, small.batch_size, args.steps, 0)))

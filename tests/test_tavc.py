@@ -223,8 +223,12 @@ def test_dataset_samples_are_keyed_and_match_direct_decoding(processed_corpus):
     ds = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16)
     a, b = ds[(5, 1)], ds[(5, 1)]  # second read comes from the ROI cache
     fresh = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=0)[(5, 1)]
+    prefetching = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16, prefetch=8)
+    warmed = [prefetching[(s, 0)] for s in range(6)][0] and prefetching[(5, 1)]  # ROIs partly from neighbours' spans
+    assert len(prefetching.roi_cache._items) > 3 * 7  # spans were cached, not just the requested frames
     for key in ("mel", "roi"):
         assert np.array_equal(a[key], b[key]) and np.array_equal(a[key], fresh[key])
+        assert np.array_equal(a[key], warmed[key])
     assert a["mel"].shape == (2, 1, 80, 16) and a["roi"].shape == (3, 3, 112, 112)
     assert a["roi"].dtype == np.float32 and -1 <= a["roi"].min() < a["roi"].max() <= 1
     assert abs(a["j"] - a["i"]) >= 3

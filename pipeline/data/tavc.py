@@ -6,9 +6,10 @@ One sample, drawn at a random position i of a random clip:
   (negative pair (i-1, j)), (3, 3, 112, 112) in [-1, 1].
 
 Frames are decoded from the cropped clips at the drawn positions (decord, through `FrameStore`) inside DataLoader
-workers. Cropped clips have few keyframes, so one random seek decodes ~10 ms of video per frame; each worker therefore
-keeps the ROIs it has decoded in a bounded per-process cache (``roi_cache_mb``), which makes later epochs over a small
-corpus nearly free without changing any value. All randomness of a sample comes from ``sample_rng(seed, step, slot)``.
+workers. Cropped clips have few keyframes (x264's default GOP of 250 frames), so a random seek decodes from the
+previous keyframe, ~10 ms of video per frame skipped. Two things make that cheap without changing any value: a seek
+decodes a span of ``prefetch`` frames on each side of the wanted ones (sequential decoding costs little next to the
+seek), and each worker keeps the ROIs it has decoded in a bounded per-process cache (``roi_cache_mb``). All randomness of a sample comes from ``sample_rng(seed, step, slot)``.
 """
 
 from __future__ import annotations
@@ -100,10 +101,11 @@ class TAVCDataset(torch.utils.data.Dataset):
         augment: shared across the three ROIs of a sample: horizontal flip, a shift of up to ±4 px, contrast and
             brightness jitter (frame differences stay those of the mouth motion).
         roi_cache_mb: per-process cache of decoded ROIs (0 disables it).
+        prefetch: frames decoded (and cached) on each side of a missing frame (needs the cache; 0 = only the frame).
     """
 
     def __init__(self, clips: Sequence[Clip], seed: int, tau: int, augment: bool = False,
-                 roi_cache_mb: int = 256) -> None:
+                 roi_cache_mb: int = 256, prefetch: int = 0) -> None:
         short = [c.clip_id for c in clips if c.frames < min_clip_frames(tau)]
         if not clips or short:
             raise CorpusError(f"TAVC dataset needs clips of >= {min_clip_frames(tau)} frames; "
@@ -113,6 +115,8 @@ class TAVCDataset(torch.utils.data.Dataset):
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=max(16, min(len(self.clips), 64)))
         self.roi_cache = _RoiCache(roi_cache_mb * 2**20 // ROI_BYTES)
+        # a span never exceeds a quarter of the cache, so prefetched ROIs cannot evict the ones just requested
+        self.prefetch = max(0, min(prefetch, self.roi_cache.max_items // 8))
 
     def draw(self, step: int, slot: int) -> TAVCSampleSpec:
         """The clip and positions of sample (step, slot) — cheap, no decoding."""
@@ -130,8 +134,9 @@ class TAVCDataset(torch.utils.data.Dataset):
             if landmarks.shape[0] < max(missing) + 1:
                 raise CorpusError(f"{clip.features}: landmarks has {landmarks.shape[0]} frames, frame "
                                   f"{max(missing)} requested (clip {clip.clip_id})")
-            decoded = self.frame_store.frames(clip, missing)  # (n, H, W, 3), sorted indices decode fastest
-            fresh = {f: mouth_roi(image, landmarks[f]) for f, image in zip(missing, decoded)}  # (112, 112, 3) each
+            wanted = _spans(missing, self.prefetch, min(clip.frames, landmarks.shape[0]))
+            decoded = self.frame_store.frames(clip, wanted)  # (n, H, W, 3), sorted indices decode fastest
+            fresh = {f: mouth_roi(image, landmarks[f]) for f, image in zip(wanted, decoded)}  # (112, 112, 3) each
             for f, roi in fresh.items():
                 self.roi_cache.put((clip.clip_id, f), roi)
             out = [roi if roi is not None else fresh[int(f)] for f, roi in zip(frames, out)]
@@ -155,6 +160,16 @@ class TAVCDataset(torch.utils.data.Dataset):
         spec = self.draw(step, slot)
         # The augmentation stream is a child of the same (step, slot) key, independent of the draw above.
         return self.load(spec, sample_rng(self.seed, step, slot, 1))
+
+
+def _spans(frames: Sequence[int], pad: int, length: int) -> list[int]:
+    """Sorted frames within `pad` of any of `frames`, clipped to [0, length) (one sequential decode per cluster)."""
+    if pad <= 0:
+        return sorted(set(frames))
+    out: set[int] = set()
+    for f in frames:
+        out.update(range(max(0, f - pad), min(length, f + pad + 1)))
+    return sorted(out)
 
 
 def augment_rois(roi: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -73,13 +73,14 @@ class TrainTAVCConfig:
     checkpoint_every: int = 1000
     workers: int = 2
     roi_cache_mb: int = 512
+    prefetch_frames: int = 24  # ROIs decoded and cached on each side of a seek (cheap next to the seek itself)
     threads: int = 0  # torch intra-op threads while training (0 = torch's default); results depend on it (float sums)
 
     def validate(self) -> None:
         for name in ("tau", "batch_size", "eval_samples_per_clip", "log_every", "checkpoint_every", "bootstrap"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "eval_every", "workers", "roi_cache_mb", "threads"):
+        for name in ("steps", "eval_every", "workers", "roi_cache_mb", "prefetch_frames", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or self.alpha < 0:
@@ -125,7 +126,8 @@ def _fingerprint_config(cfg: TrainTAVCConfig) -> TrainTAVCConfig:
     # Worker count and ROI cache size change neither the batches nor the weights (keyed sampling), so a run may
     # resume with other values; nor do the evaluation settings.
     # Threads change float summation order only (a resumed run stays valid), like in the syncers stage.
-    return dataclasses.replace(cfg, workers=0, roi_cache_mb=0, eval_every=0, bootstrap=1, log_every=1, threads=0)
+    return dataclasses.replace(cfg, workers=0, roi_cache_mb=0, eval_every=0, bootstrap=1, log_every=1, threads=0,
+                               prefetch_frames=0)
 
 
 @torch.no_grad()
@@ -238,7 +240,7 @@ def _train_tavc(processed: str | os.PathLike[str], out: str | os.PathLike[str], 
     if start < cfg.steps:
         if start == 0 and cfg.eval_every:
             eval_curve(0)
-        dataset = TAVCDataset(train_clips, seed, cfg.tau, cfg.augment, cfg.roi_cache_mb)
+        dataset = TAVCDataset(train_clips, seed, cfg.tau, cfg.augment, cfg.roi_cache_mb, cfg.prefetch_frames)
         loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
         loss_fn = TAVCLoss(cfg.alpha)
         model.train()
