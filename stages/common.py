@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +113,10 @@ def tracking_enabled(args: argparse.Namespace) -> bool:
     return not (getattr(args, "no_track", False) or os.environ.get("TAVCE_NO_TRACKING", "") in ("1", "true"))
 
 
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def tracked_stage(stage: str, args: argparse.Namespace, sections: dict[str, Any], inputs: Sequence[Path]
                   ) -> Iterator[tracking.Tracker]:
@@ -126,6 +131,9 @@ def tracked_stage(stage: str, args: argparse.Namespace, sections: dict[str, Any]
         yield tracking.NullTracker()
         return
     params = flatten({name: to_dict(cfg) for name, cfg in sections.items()})
+    # `kill` (SIGTERM, e.g. from a scheduler or `pkill`) becomes an exception, so the MLflow run is closed as FAILED
+    # instead of being left RUNNING; the stage's atomic writes and checkpoints make the rerun resume cleanly.
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     t0 = time.perf_counter()
     ver = tracking.data_version(inputs)
     log.info("data version of %s: %s (%.1f s to hash)", ", ".join(map(str, inputs)), ver, time.perf_counter() - t0)
