@@ -54,6 +54,10 @@ def test_checkpoint_round_trip_and_kind(tmp_path: Path) -> None:
     assert tc.resumable(path, fp, "toy") is not None
     assert tc.resumable(path, tc.fingerprint(_Cfg(width=8), "data-v1"), "toy") is None
     assert not list(path.parent.glob(".tmp*"))
+    again = tmp_path / "again.pt"  # same state, other file name: the same bytes (DVC sees identical outputs)
+    tc.save_checkpoint(again, kind="toy", config=_Cfg(), model=model, optimizer=opt, step=5, fingerprint=fp,
+                       extra={"history": [{"step": 1.0, "loss": 0.5}]})
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -115,8 +116,12 @@ def save_checkpoint(path: str | os.PathLike[str], *, kind: str, config: Any, mod
         "fingerprint": fingerprint,
         "extra": dict(extra or {}),
     }
+    # Serialised through a buffer: torch.save names the zip's top folder after the file, and the temporary file
+    # has a random name, so saving to it directly would make identical checkpoints differ byte for byte (DVC hashes).
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
