@@ -16,12 +16,14 @@ from pipeline.models.tavc import TAVC
 from pipeline.train.common import count_parameters
 from pipeline.train.syncers import TrainSyncersConfig, build_syncers, syncer_config
 from pipeline.train.syncnet import TrainSyncNetConfig, build_model
+from pipeline.train.renderer import TrainRendererConfig
 from pipeline.train.tavc import TrainTAVCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = yaml.safe_load((ROOT / "configs/params.full.yaml").read_text())
 SMALL = yaml.safe_load((ROOT / "params.yaml").read_text())
-SECTIONS = {"train_tavc": TrainTAVCConfig, "train_syncnet": TrainSyncNetConfig, "train_syncers": TrainSyncersConfig}
+SECTIONS = {"train_tavc": TrainTAVCConfig, "train_syncnet": TrainSyncNetConfig, "train_syncers": TrainSyncersConfig,
+            "pretrain_renderer": TrainRendererConfig}
 
 
 def _keys(d: object, prefix: str = "") -> set[str]:
@@ -85,6 +87,36 @@ def test_small_configs_are_much_smaller(section: str) -> None:
         n_small, n_full = count_parameters(TAVC(small.model)), count_parameters(TAVC(full.model))
     elif section == "train_syncnet":
         n_small, n_full = count_parameters(build_model(small)), count_parameters(build_model(full))
-    else:
+    elif section == "train_syncers":
         n_small, n_full = count_parameters(build_syncers(small)), count_parameters(build_syncers(full))
+    else:
+        from pipeline.models.renderer.renderer import Renderer
+
+        n_small, n_full = count_parameters(Renderer(small.model)), count_parameters(Renderer(full.model))
     assert n_small * 10 < n_full
+
+
+@torch.no_grad()
+def test_full_renderer_is_sadtalkers_face_vid2vid_plus_cerl() -> None:
+    """Parameter counts of SadTalker's public renderer (SPEC §4, measured there) plus CERL; one 256 x 256 frame."""
+    from pipeline.models.renderer.keypoints import transform_keypoints
+    from pipeline.models.renderer.renderer import Renderer, build_discriminator
+
+    cfg = from_dict(TrainRendererConfig, FULL["pretrain_renderer"], "pretrain_renderer")
+    assert (cfg.model.image_size, cfg.model.num_kp, cfg.lr, cfg.betas) == (256, 15, 2e-4, (0.5, 0.999))
+    torch.manual_seed(0)
+    r = Renderer(cfg.model).eval()
+    # SadTalker's generator = our appearance extractor + generator: 100.99 M (SPADE decoder 55.36, dense motion 43.55)
+    assert count_parameters(r.appearance) + count_parameters(r.generator) == 100_988_176
+    assert count_parameters(r.generator.decoder) == 55_360_195
+    assert count_parameters(r.generator.dense_motion_network) == 43_545_549
+    assert count_parameters(r.kp_detector) == 41_940_047
+    assert count_parameters(r.he_estimator) == 30_254_838
+    assert count_parameters(r.cerl) == 131_200  # Eq. 5: 1x1 512->128 (+bias) and 1x1 128->512 (no bias)
+    assert count_parameters(build_discriminator(cfg.model)) == 2_758_849
+    src = torch.rand(1, 3, 256, 256)
+    kp_c = r.canonical_keypoints(src)
+    kp = transform_keypoints(kp_c, r.estimate_motion(src))
+    out = r(src, kp, kp, torch.randn(1, 128, 128))
+    assert out.prediction.shape == (1, 3, 256, 256) and torch.isfinite(out.prediction).all()
+    assert out.deformation.shape == (1, 16, 64, 64, 3) and out.occlusion.shape == (1, 1, 64, 64)

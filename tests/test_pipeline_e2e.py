@@ -18,7 +18,7 @@ COPY = ["pipeline", "stages", "params.yaml", "configs", "dvc.yaml", ".dvcignore"
         ".dvc/.gitignore"]
 
 
-STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers")
+STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -49,6 +49,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     params["train_syncers"]["pyramid"]["steps"] = 3
     params["train_syncers"]["rigid"]["steps"] = 3
     params["train_syncers"].update(eval_every=0, checkpoint_every=2, log_every=1, eval_samples=16)
+    params["pretrain_renderer"].update(steps=2, eval_every=0, checkpoint_every=1, log_every=1, eval_pairs_per_clip=1,
+                                       bootstrap=20, landmark_size=128)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TAVCE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -81,8 +83,10 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert (path / "dvc.lock").is_file()
     runs = _runs(path)
     assert sorted(runs["tags.stage"]) == sorted(STAGES)
-    for stage in ("train_tavc", "train_syncnet", "train_syncers"):
+    for stage in ("train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer"):
         assert (path / "reports" / stage / "metrics.json").is_file()
+    assert (path / "reports/pretrain_renderer/samples.png").is_file()
+    assert runs.set_index("tags.stage").loc["pretrain_renderer", "tags.perceptual_extractor"] == "vgg19_random_seed0"
     tavc = runs.set_index("tags.stage").loc["train_tavc"]
     assert tavc["params.train_tavc.steps"] == "4"
     assert (runs["status"] == "FINISHED").all()
@@ -104,6 +108,6 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert "Running stage 'preprocess'" not in exp and "Running stage 'train_syncnet'" not in exp
     runs = _runs(path)
     new = runs[runs["tags.dvc_exp_name"].fillna("") == "lr-variant"].set_index("tags.stage")
-    assert sorted(new.index) == ["train_tavc"]
+    assert sorted(new.index) == ["pretrain_renderer", "train_tavc"]  # the renderer's CERL uses the TAVC encoder
     assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
     assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head

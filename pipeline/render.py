@@ -1,0 +1,240 @@
+"""Inference API of the face renderer (SPEC §4; issue 4 scope 4): animate one source face with per-frame motion.
+
+    renderer = load_renderer("models/renderer/checkpoint.pt")   # written by the pretrain_renderer stage
+    frames = render(renderer, source_rgb, motion, relation=c_a, batch_size=8)   # (T, H, W, 3) uint8
+
+The motion of frame i is a :class:`~pipeline.models.renderer.keypoints.HeadMotion` row (yaw, pitch, roll as 66-bin
+logits or degrees, translation t, expression deltas δ): the driving keypoints are
+``x_d = R(yaw, pitch, roll) · x_c + t + δ`` from the source's canonical keypoints ``x_c`` (face-vid2vid;
+:func:`transform_keypoints`). Later stages get the motion from MappingNet (audio-driven) or from the head-pose
+estimator on a driving video (video-driven).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import ConfigError, from_dict
+from pipeline.data.corpus import resize_square
+from pipeline.models.renderer.keypoints import HeadMotion, transform_keypoints
+from pipeline.models.renderer.renderer import Renderer, RendererConfig
+from pipeline.train.common import WeightsError, load_checkpoint, load_state_strict
+
+CHECKPOINT_KIND = "renderer"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights in
+# ----------------------------------------------------------------------------------------------------------------
+def load_renderer(path: str | os.PathLike[str], frozen: bool = True) -> Renderer:
+    """A trained renderer from a ``renderer`` checkpoint (written by the pretrain_renderer stage), in eval mode.
+
+    The model is rebuilt from the :class:`RendererConfig` stored beside the weights (``config["model"]``), then
+    loaded strictly (the checkpoint holds the Renderer's state dict; the discriminator is not part of it).
+
+    Args:
+        path: checkpoint file (:func:`pipeline.train.common.save_checkpoint` format, kind ``renderer``).
+        frozen: set ``requires_grad = False`` on every parameter (inference); pass False to fine-tune.
+
+    Raises:
+        WeightsError: naming the file when it is missing, of another kind, has no usable config, or its weights do
+            not fit the rebuilt model (with the keys at fault).
+    """
+    state = load_checkpoint(path, CHECKPOINT_KIND)
+    try:
+        cfg = from_dict(RendererConfig, state["config"]["model"], "model")
+    except (KeyError, TypeError, ConfigError) as err:
+        raise WeightsError(f"{Path(path)}: checkpoint config has no usable `model` section ({err})") from err
+    model = Renderer(cfg)
+    load_state_strict(model, state["model"], str(path))
+    model.eval()
+    if frozen:
+        model.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------
+def source_tensor(source_image: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """The source face as the renderer's input: (1, 3, S, S) float32 in [0, 1].
+
+    Args:
+        source_image: (H, W, 3) uint8 RGB array, or a (3, H, W) float tensor in [0, 1]. A square image of another
+            side is resized to `image_size` S: arrays with :func:`pipeline.data.corpus.resize_square` (cv2 area /
+            linear, exactly as the training samples are made), tensors with antialiased bilinear interpolation.
+        image_size: the renderer's ``cfg.image_size``.
+
+    Raises:
+        ValueError: for another layout, dtype, range, or a non-square image (the renderer expects the square face
+            crop of preprocessing; stretching a non-square picture would distort the face).
+    """
+    if isinstance(source_image, np.ndarray):
+        if source_image.dtype != np.uint8 or source_image.ndim != 3 or source_image.shape[2] != 3:
+            raise ValueError(f"source_image: expected an (H, W, 3) uint8 RGB array, got {source_image.dtype} "
+                             f"{source_image.shape}")
+        if source_image.shape[0] != source_image.shape[1]:
+            raise ValueError(f"source_image: expected a square face crop, got {source_image.shape[:2]}")
+        rgb = resize_square(source_image, image_size)  # (S, S, 3) uint8
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255.0)  # (3, S, S)
+        return x[None]  # (1, 3, S, S)
+    if isinstance(source_image, torch.Tensor):
+        if source_image.ndim != 3 or source_image.shape[0] != 3 or not source_image.is_floating_point():
+            raise ValueError(f"source_image: expected a (3, H, W) float tensor in [0, 1], got {source_image.dtype} "
+                             f"{tuple(source_image.shape)}")
+        if source_image.shape[1] != source_image.shape[2]:
+            raise ValueError(f"source_image: expected a square face crop, got {tuple(source_image.shape[1:])}")
+        lo, hi = float(source_image.min()), float(source_image.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"source_image: float tensor values must lie in [0, 1], got [{lo:.3f}, {hi:.3f}]")
+        x = source_image.detach().float().cpu()[None]  # (1, 3, H, W)
+        if x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=True).clamp(0.0, 1.0)  # (1, 3, S, S)
+        return x
+    raise ValueError(f"source_image: expected a numpy array or a torch tensor, got {type(source_image).__name__}")
+
+
+def motion_length(motion: HeadMotion, num_kp: int) -> int:
+    """Number of frames T of a per-frame motion, after checking that its fields agree (shapes (T, 66) or (T,) for the
+    angles, (T, 3) for t, (T, K, 3) for δ)."""
+    t = motion.t
+    if t.ndim != 2 or t.shape[1] != 3:
+        raise ValueError(f"motion.t: expected (T, 3), got {tuple(t.shape)}")
+    n = t.shape[0]
+    angle_shape = (n,) if motion.in_degrees else (n, 66)
+    for name in ("yaw", "pitch", "roll"):
+        a = getattr(motion, name)
+        if a.ndim != len(angle_shape) or a.shape[0] != n or (not motion.in_degrees and a.shape[1] != 66):
+            form = "degrees (T,)" if motion.in_degrees else "logits (T, 66)"
+            raise ValueError(f"motion.{name}: expected {form} with T = {n}, got {tuple(a.shape)}")
+    if tuple(motion.exp.shape) != (n, num_kp, 3):
+        raise ValueError(f"motion.exp: expected (T, K, 3) = ({n}, {num_kp}, 3), got {tuple(motion.exp.shape)}")
+    return n
+
+
+def motion_rows(motion: HeadMotion, start: int, stop: int, device: torch.device | str) -> HeadMotion:
+    """Frames [start, stop) of a per-frame motion (every tensor field sliced on its leading dim), on `device`."""
+    fields = {}
+    for field in dataclasses.fields(motion):
+        value = getattr(motion, field.name)
+        fields[field.name] = value[start:stop].to(device) if isinstance(value, torch.Tensor) else value
+    return type(motion)(**fields)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# render
+# ----------------------------------------------------------------------------------------------------------------
+def _to_uint8(prediction: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
+    x = prediction.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)  # (B, 3, H, W)
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+
+
+def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: HeadMotion, *,
+           source_motion: HeadMotion | None = None, relation: torch.Tensor | None = None, batch_size: int = 8,
+           device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+    """Animate one source face: T frames, frame i showing the source identity with motion row i.
+
+    The source is encoded ONCE — 2D appearance feature f, canonical keypoints x_c, source keypoints
+    x_s = transform_keypoints(x_c, source_motion) — and then the frames are generated in batches of `batch_size`:
+    per batch the driving keypoints ``x_d = R·x_c + t + δ`` and ``generate(volume, x_s, x_d)``. The 3D feature volume
+    is made per frame only when CERL is used (``relation`` given and the renderer has CERL), since the audio
+    relationship changes per frame; otherwise it is made once and shared by all frames.
+
+    Saving over SadTalker: its ``make_animation`` calls the full generator per frame, which re-encodes the source image
+    for every frame: at full size the 2D appearance encoder is 10.3 G and the 3D residual blocks 21.7 G of a frame's
+    ~602 G multiply-accumulates (``benchmarks/complexity.py``). Here the 2D encoder runs once per video, and the 3D
+    blocks too when there is no relation. ``benchmarks/render_fps.py`` measures both ways.
+
+    Args:
+        renderer: the renderer (e.g. from :func:`load_renderer`). It is moved to `device` and put in eval mode for the
+            call; its device and the train/eval mode of every submodule are restored afterwards.
+        source_image: (H, W, 3) uint8 RGB array or (3, H, W) float tensor in [0, 1], a square face crop; resized to
+            ``renderer.cfg.image_size`` when its side differs (see :func:`source_tensor`).
+        motion: per-frame HeadMotion with leading dim T (angles as (T, 66) logits, or (T,) degrees with
+            ``in_degrees=True``; t (T, 3); exp (T, K, 3)).
+        source_motion: the source frame's own HeadMotion (batch 1). None: estimated from the source with
+            ``renderer.estimate_motion`` (the video-driven convention of pretraining).
+        relation: (T, D, D) audio relationship C^a per frame for CERL (not normalised; CERL normalises), or None
+            (CERL acts as the identity). Ignored when the renderer was built without CERL.
+        batch_size: frames generated per forward pass (memory vs speed; the frames do not depend on it).
+        device: where to compute ("cpu", "cuda", ...).
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        (T, S, S, 3) uint8 RGB frames, S = ``renderer.cfg.image_size``.
+    """
+    cfg = renderer.cfg
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_frames = motion_length(motion, cfg.num_kp)
+    use_cerl = relation is not None and renderer.cerl is not None
+    if use_cerl:
+        d = cfg.cerl.relation_dim
+        if tuple(relation.shape) != (n_frames, d, d):
+            raise ValueError(f"relation: expected (T, D, D) = ({n_frames}, {d}, {d}), got {tuple(relation.shape)}")
+    if source_motion is not None:
+        motion_length(source_motion, cfg.num_kp)
+        if source_motion.t.shape[0] != 1:
+            raise ValueError(f"source_motion: expected one row (batch 1), got {source_motion.t.shape[0]}")
+
+    src = source_tensor(source_image, cfg.image_size)  # (1, 3, S, S)
+    first = next(renderer.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    modes = {m: m.training for m in renderer.modules()}
+    out = np.empty((n_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    try:
+        renderer.to(device).eval()
+        with torch.inference_mode():
+            src = src.to(device)
+            f = renderer.encode_source(src)  # (1, C*D, h, w)
+            kp_canonical = renderer.canonical_keypoints(src)  # (1, K, 3)
+            if source_motion is None:
+                source_motion = renderer.estimate_motion(src)
+            kp_source = transform_keypoints(kp_canonical, motion_rows(source_motion, 0, 1, device))  # (1, K, 3)
+            volume = None if use_cerl else renderer.feature_volume(f, None)  # (1, C, D, h, w), shared
+
+            starts = range(0, n_frames, batch_size)
+            if progress:
+                from tqdm import tqdm
+
+                starts = tqdm(starts, desc="render", unit="batch")
+            for a in starts:  # frames [a, b) form a batch of B = b - a
+                b = min(a + batch_size, n_frames)
+                n = b - a
+                if use_cerl:
+                    rel = relation[a:b].to(device)  # (B, Dr, Dr)
+                    vol = renderer.feature_volume(f.expand(n, -1, -1, -1), rel)  # (B, C, D, h, w)
+                else:
+                    vol = volume.expand(n, *volume.shape[1:])  # (B, C, D, h, w), a view
+                kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1),
+                                                 motion_rows(motion, a, b, device))  # (B, K, 3)
+                result = renderer.generate(vol, kp_source.expand(n, -1, -1), kp_driving)  # prediction (B, 3, S, S)
+                out[a:b] = _to_uint8(result.prediction)  # (B, S, S, 3)
+    finally:
+        renderer.to(home)
+        for module, mode in modes.items():
+            module.training = mode
+    return out
+
+
+def identity_motion(source_motion: HeadMotion, frames: int) -> HeadMotion:
+    """`frames` copies of a one-row motion (e.g. the source's own: rendering it reproduces the source pose)."""
+    fields = {}
+    for field in dataclasses.fields(source_motion):
+        value = getattr(source_motion, field.name)
+        if isinstance(value, torch.Tensor):
+            value = value[:1].expand(frames, *value.shape[1:]).clone()  # (T, ...)
+        fields[field.name] = value
+    return type(source_motion)(**fields)
+
+
+__all__ = ["CHECKPOINT_KIND", "identity_motion", "load_renderer", "motion_length", "motion_rows", "render",
+           "source_tensor"]

@@ -1,0 +1,594 @@
+"""Training stage 2a of TAVCE: video-driven pretraining of the face renderer with CERL (paper §III-C, §III-E;
+SPEC §4; face-vid2vid's training recipe).
+
+One step (face-vid2vid's generator / discriminator full models, written out):
+1. a source frame ``v_0`` and a driving frame ``v_d`` of the same clip; canonical keypoints ``x_c = L(v_0)``; head
+   pose / expression of both frames from the estimator H; keypoints ``x_s = R_s x_c + t_s + δ_s`` and
+   ``x_d = R_d x_c + t_d + δ_d``;
+2. ``c^a = C(E_a(a_{d-1}), E_a(a_d))`` (Eq. 2) from the frozen TAVC audio encoder on the driving frame's mel windows;
+   ``g = CERL(F(v_0), c^a)`` (Eq. 5); ``v̂_d = G(g, x_s, x_d)``;
+3. generator losses: multi-scale perceptual, hinge GAN + feature matching, equivariance (a random affine + TPS
+   warp of the driving frame must move H's keypoints with it), keypoint prior, deformation prior, head pose
+   (only with a pose teacher), L1; one Adam step on F, CERL, L, H, G;
+4. discriminator: hinge loss on ``v_d`` vs the detached ``v̂_d``; one Adam step on D.
+
+Held-out evaluation (speakers never trained on): every fixed (source, driving) pair is reconstructed from the
+driving frame's estimated motion; the report compares it with the trivial baseline "output the source frame" on
+L1 and on the distance of 68 landmarks detected (same detector, same resolution) on the generated frame, the source
+and the driving frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.corpus import MOUTH, CorpusError, load_clips
+from pipeline.data.renderer import RendererDataset, RendererEvalSet, build_eval_set
+from pipeline.io import file_digest
+from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, RandomTransform, RendererLossWeights,
+                                      TransformConfig,
+                                      deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
+                                      feature_matching_loss, generator_hinge_loss, head_pose_loss,
+                                      keypoint_prior_loss, reconstruction_l1)
+from pipeline.models.renderer.keypoints import bins_to_degrees, transform_keypoints
+from pipeline.models.renderer.renderer import Renderer, RendererConfig, build_discriminator, load_sadtalker_renderer
+from pipeline.models.tavc import TAVC, load_tavc, relationship
+from pipeline.render import CHECKPOINT_KIND
+from pipeline.tracking import Tracker
+from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint, plot_curves, restore,
+                                   resumable, save_checkpoint, seed_everything, step_loader)
+
+log = logging.getLogger(__name__)
+
+EVAL_SAMPLES_IN_GRID = 8  # rows of the sample grid written at every evaluation
+SEEN_PAIRS_PER_CLIP = 2  # diagnostic pairs per training clip (identities seen in training; L1 only)
+
+
+@dataclass(frozen=True)
+class RendererWeightsConfig:
+    """Public checkpoints (null = none).
+
+    Attributes:
+        sadtalker: SadTalker's facevid2vid checkpoint to start the renderer from (needs the full model size; CERL
+            starts as the identity, see `pipeline.models.renderer.cerl`).
+        head_pose: Hopenet weights (hopenet_robust_alpha1.pkl): the pose teacher of the head-pose loss. Without it
+            that loss is off (SPEC §4: weight 0 when no pretrained pose network is present).
+    """
+
+    sadtalker: str | None = None
+    head_pose: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainRendererConfig:
+    """`pretrain_renderer` section of params.yaml (with `common.seed`)."""
+
+    model: RendererConfig = RendererConfig()
+    perceptual: PerceptualConfig = PerceptualConfig()
+    loss_weights: RendererLossWeights = RendererLossWeights()
+    transform: TransformConfig = TransformConfig()  # random affine + TPS warp of the equivariance loss
+    weights: RendererWeightsConfig = RendererWeightsConfig()
+    batch_size: int = 4
+    lr: float = 2e-4  # face-vid2vid, all networks
+    betas: tuple[float, float] = (0.5, 0.999)  # face-vid2vid's Adam
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    steps: int = 100_000
+    gan_start: int = 0  # steps trained without the discriminator first (0: from the start, as face-vid2vid)
+    train_splits: tuple[str, ...] = ("train",)
+    eval_splits: tuple[str, ...] = ("val", "test")
+    eval_pairs_per_clip: int = 8
+    eval_every: int = 1000  # held-out curve + sample grid every N steps (0: only at the end)
+    landmark_size: int = 256  # frames are resized to this side before landmark detection (evaluation)
+    bootstrap: int = 2000
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    workers: int = 1
+    cache_mb: int = 512  # per-worker cache of decoded, resized clips
+    threads: int = 0  # torch threads while training (0 = torch default)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        for name in ("batch_size", "eval_pairs_per_clip", "log_every", "checkpoint_every", "bootstrap",
+                     "landmark_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "gan_start", "eval_every", "workers", "cache_mb", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"lr must be > 0 and betas in [0, 1), got lr {self.lr}, betas {self.betas}")
+        if not self.train_splits or not self.eval_splits:
+            raise ValueError("train_splits and eval_splits must not be empty")
+        if set(self.train_splits) & set(self.eval_splits):
+            raise ValueError(f"eval_splits {list(self.eval_splits)} overlap train_splits {list(self.train_splits)}")
+        self.model.validate()
+        self.perceptual.validate()
+        self.loss_weights.validate()
+        self.transform.validate()
+
+
+@dataclass
+class GeneratorStep:
+    """Everything one generator pass produces: the prediction, motions and each weighted loss term."""
+
+    prediction: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    kp_driving: torch.Tensor  # (B, K, 3)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return torch.stack(list(self.losses.values())).sum()
+
+
+@dataclass(frozen=True)
+class RendererRunResult:
+    """What :func:`pretrain_renderer` hands back to the stage."""
+
+    metrics: dict[str, Any]
+    history: History
+    per_sample: list[dict[str, Any]]
+
+
+def learning_rate(cfg: TrainRendererConfig, step: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): constant, or a half-cosine from `lr` to 0 over `steps`."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(1, cfg.steps)))
+
+
+def _fingerprint_config(cfg: TrainRendererConfig) -> TrainRendererConfig:
+    # Settings that change neither the batches nor the weights: a run may resume with other values.
+    return dataclasses.replace(cfg, workers=0, cache_mb=0, eval_every=0, bootstrap=1, log_every=1, threads=0,
+                               landmark_size=1, device="cpu")
+
+
+def audio_relation(tavc: TAVC | None, mel: torch.Tensor) -> torch.Tensor | None:
+    """``C^a_{d-1,d}`` (Eq. 2, unnormalised; CERL normalises it) from the frozen TAVC audio encoder.
+
+    Args:
+        tavc: frozen TAVC metric, or None (no CERL) -> None.
+        mel: (B, 2, 1, 80, 16) mel windows of the driving frames d-1 and d.
+    Returns:
+        (B, D, D) or None.
+    """
+    if tavc is None:
+        return None
+    with torch.no_grad():
+        f_a = tavc.encode_audio(mel.flatten(0, 1)).unflatten(0, (mel.shape[0], 2))  # (B, 2, D)
+        return relationship(f_a[:, 0], f_a[:, 1])  # (B, D, D)
+
+
+class RendererTrainer:
+    """The renderer, its discriminator, the frozen helpers (TAVC, pose teacher, perceptual network) and the two
+    Adam optimizers; :meth:`generator_step` / :meth:`discriminator_step` are one face-vid2vid training step."""
+
+    def __init__(self, cfg: TrainRendererConfig, seed: int, tavc: TAVC | None,
+                 pose_teacher: torch.nn.Module | None, device: torch.device) -> None:
+        self.cfg, self.seed, self.device = cfg, seed, device
+        self.renderer = Renderer(cfg.model).to(device)
+        self.discriminator = build_discriminator(cfg.model).to(device)
+        self.tavc = tavc.to(device) if tavc is not None else None
+        self.pose_teacher = pose_teacher.to(device) if pose_teacher is not None else None
+        self.perceptual = PerceptualPyramidLoss(cfg.perceptual).to(device)
+        self.w = cfg.loss_weights
+        self.opt_g = torch.optim.Adam([p for p in self.renderer.parameters() if p.requires_grad], lr=cfg.lr,
+                                      betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+    def gan_active(self, step: int) -> bool:
+        """Whether the GAN terms and the discriminator train at optimizer step `step` (0-based)."""
+        return step >= self.cfg.gan_start and (self.w.gan > 0 or self.w.feature_matching > 0)
+
+    def generator_step(self, batch: dict[str, torch.Tensor], step: int, train: bool = True) -> GeneratorStep:
+        """Forward pass and weighted generator losses for one batch (no optimizer step)."""
+        src = batch["source"].to(self.device)  # (B, 3, H, W)
+        drv = batch["driving"].to(self.device)  # (B, 3, H, W)
+        r = self.renderer
+        kp_c = r.canonical_keypoints(src)  # (B, K, 3)
+        he_s, he_d = r.estimate_motion(src), r.estimate_motion(drv)
+        kp_s, kp_d = transform_keypoints(kp_c, he_s), transform_keypoints(kp_c, he_d)  # (B, K, 3) each
+        relation = audio_relation(self.tavc, batch["mel"].to(self.device)) if r.cerl is not None else None
+        out = r(src, kp_s, kp_d, relation)
+        pred = out.prediction  # (B, 3, H, W)
+        w = self.w
+        losses: dict[str, torch.Tensor] = {}
+        if w.perceptual > 0:
+            losses["perceptual"] = w.perceptual * self.perceptual(pred, drv)
+        if w.l1 > 0:
+            losses["l1"] = w.l1 * reconstruction_l1(pred, drv)
+        if self.gan_active(step):
+            fake = self.discriminator(pred)
+            if w.gan > 0:
+                losses["gan"] = w.gan * generator_hinge_loss([o.prediction for o in fake])
+            if w.feature_matching > 0:
+                with torch.no_grad():
+                    real = self.discriminator(drv)
+                losses["feature_matching"] = w.feature_matching * feature_matching_loss(
+                    [o.features for o in real], [o.features for o in fake])
+        if w.equivariance > 0:
+            # the random warp of step `step` is a function of (seed, step): a resumed run draws the same ones
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) & 0x7FFFFFFF)
+            transform = RandomTransform(drv.shape[0], gen, self.cfg.transform)
+            he_t = r.estimate_motion(transform.transform_frame(drv))
+            kp_t = transform_keypoints(kp_c, he_t)  # (B, K, 3)
+            losses["equivariance"] = w.equivariance * equivariance_loss(kp_d, kp_t, transform)
+        if w.keypoint_prior > 0:
+            losses["keypoint_prior"] = w.keypoint_prior * keypoint_prior_loss(kp_d)
+        if w.head_pose > 0 and self.pose_teacher is not None:
+            with torch.no_grad():
+                ref = tuple(bins_to_degrees(x) for x in self.pose_teacher(drv))  # 3 x (B,)
+            losses["head_pose"] = w.head_pose * head_pose_loss(he_d.degrees(), ref)
+        if w.deformation_prior > 0:
+            losses["deformation_prior"] = w.deformation_prior * deformation_prior_loss(he_d.exp)
+        return GeneratorStep(prediction=pred, kp_driving=kp_d, losses=losses)
+
+    def set_learning_rate(self, step: int) -> None:
+        lr = learning_rate(self.cfg, step)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def generator_update(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], torch.Tensor]:
+        """One Adam step on the renderer (F, CERL, L, H, G) only; returns the loss values and the prediction."""
+        g = self.generator_step(batch, step)
+        self.opt_g.zero_grad(set_to_none=True)
+        total = g.total
+        total.backward()  # the GAN term also leaves gradients on D: never applied (cleared before D's own step)
+        self.opt_g.step()
+        values = {k: float(v.detach()) for k, v in g.losses.items()}
+        values["generator_total"] = float(total.detach())
+        return values, g.prediction.detach()
+
+    def discriminator_update(self, driving: torch.Tensor, prediction: torch.Tensor) -> float:
+        """One Adam step on D with the hinge loss: real driving frames vs the (detached) predictions."""
+        self.opt_d.zero_grad(set_to_none=True)
+        real = self.discriminator(driving.to(self.device))
+        fake = self.discriminator(prediction.detach())
+        d_loss = self.w.gan * discriminator_hinge_loss([o.prediction for o in real], [o.prediction for o in fake])
+        d_loss.backward()
+        self.opt_d.step()
+        return float(d_loss.detach())
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One generator update and (when the GAN is active) one discriminator update; returns the loss values."""
+        self.set_learning_rate(step)
+        values, prediction = self.generator_update(batch, step)
+        if self.gan_active(step):
+            values["discriminator"] = self.discriminator_update(batch["driving"], prediction)
+        return values
+
+    @torch.no_grad()
+    def reconstruct(self, data: RendererEvalSet, batch_size: int = 16) -> torch.Tensor:
+        """Held-out reconstructions of every driving frame, (N, 3, H, W) in [0, 1], networks in eval mode."""
+        r = self.renderer
+        was_training = r.training
+        r.eval()
+        preds = []
+        for s in range(0, len(data.source), batch_size):
+            src = data.source[s:s + batch_size].to(self.device)
+            drv = data.driving[s:s + batch_size].to(self.device)
+            kp_c = r.canonical_keypoints(src)
+            kp_s = transform_keypoints(kp_c, r.estimate_motion(src))
+            kp_d = transform_keypoints(kp_c, r.estimate_motion(drv))
+            relation = audio_relation(self.tavc, data.mel[s:s + batch_size].to(self.device)) \
+                if r.cerl is not None else None
+            preds.append(r(src, kp_s, kp_d, relation).prediction.float().cpu())
+        r.train(was_training)
+        return torch.cat(preds)
+
+    # -- checkpoint state: the renderer + optimizer G as the checkpoint's model/optimizer, D in `extra` ----------
+    def extra_state(self) -> dict[str, Any]:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer_d": self.opt_d.state_dict()}
+
+    def load_extra_state(self, extra: dict[str, Any], source: str) -> None:
+        from pipeline.train.common import load_state_strict
+
+        load_state_strict(self.discriminator, extra["discriminator"], f"{source} (discriminator)")
+        self.opt_d.load_state_dict(extra["optimizer_d"])
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def detect_landmarks(images: np.ndarray, size: int, backend: Any) -> np.ndarray:
+    """68 landmarks of each image (N, H, W, 3) uint8, detected independently after resizing to `size`; returned
+    in the images' own pixel coordinates, (N, 68, 2), NaN where no face was found."""
+    import cv2
+
+    out = np.full((len(images), 68, 2), np.nan, np.float64)
+    for n, img in enumerate(images):
+        big = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+        track = backend.process(big[None])  # one frame, a fresh tracker: images are independent
+        if track.has_landmarks[0]:
+            out[n] = track.landmarks[0, :, :2] * (img.shape[1] / size)
+    return out
+
+
+def landmark_distance(a: np.ndarray, b: np.ndarray, points: slice = slice(0, 68)) -> np.ndarray:
+    """Mean Euclidean distance of corresponding landmarks, (N,), NaN where either side has none."""
+    return np.linalg.norm(a[:, points] - b[:, points], axis=-1).mean(axis=-1)
+
+
+def evaluate_heldout(trainer: RendererTrainer, data: RendererEvalSet, landmark_size: int, backend: Any | None
+                     ) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """Per-pair errors of the reconstruction and of the source baseline (L1 in [0, 1] units; landmark distances
+    in pixels of the evaluation image size, detected by `backend` on all three images alike)."""
+    pred = trainer.reconstruct(data)
+    drv, src = data.driving.float(), data.source.float()
+    res = {
+        "l1_generated": (pred - drv).abs().mean(dim=(1, 2, 3)).numpy().astype(np.float64),
+        "l1_source": (src - drv).abs().mean(dim=(1, 2, 3)).numpy().astype(np.float64),
+    }
+    if backend is not None:
+        lm_pred = detect_landmarks(to_uint8(pred), landmark_size, backend)
+        lm_src = detect_landmarks(to_uint8(src), landmark_size, backend)
+        lm_drv = detect_landmarks(to_uint8(drv), landmark_size, backend)
+        res["lmd_generated"] = landmark_distance(lm_pred, lm_drv)
+        res["lmd_source"] = landmark_distance(lm_src, lm_drv)
+        res["mouth_lmd_generated"] = landmark_distance(lm_pred, lm_drv, MOUTH)
+        res["mouth_lmd_source"] = landmark_distance(lm_src, lm_drv, MOUTH)
+    return res, pred
+
+
+def summarize(res: dict[str, np.ndarray], clip_ids: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Means, and for each metric the mean improvement over the source baseline with a clip-bootstrap 95 %
+    interval (pairs of one clip are correlated). Landmark rows use the pairs where all three images had a face."""
+    out: dict[str, Any] = {"pairs": int(len(clip_ids)), "clips": int(len(np.unique(clip_ids)))}
+    for metric in ("l1", "lmd", "mouth_lmd"):
+        if f"{metric}_generated" not in res:
+            continue
+        gen, base = res[f"{metric}_generated"], res[f"{metric}_source"]
+        ok = np.isfinite(gen) & np.isfinite(base)
+        if not ok.any():
+            out[metric] = {"generated": None, "source_baseline": None, "valid_pairs": 0, "beats_baseline": False}
+            continue
+        diff = base[ok] - gen[ok]  # > 0: the reconstruction is closer to the driving frame than the source is
+        lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed, groups=clip_ids[ok])
+        out[metric] = {
+            "generated": float(gen[ok].mean()), "source_baseline": float(base[ok].mean()),
+            "improvement": float(diff.mean()), "improvement_ci_low": lo, "improvement_ci_high": hi,
+            "share_pairs_better": float((diff > 0).mean()), "valid_pairs": int(ok.sum()),
+            "beats_baseline": bool(gen[ok].mean() < base[ok].mean()),
+        }
+    return out
+
+
+def save_sample_grid(path: str | os.PathLike[str], data: RendererEvalSet, pred: torch.Tensor, title: str,
+                     rows: int = EVAL_SAMPLES_IN_GRID) -> None:
+    """PNG grid, one held-out pair per row: source | driving | generated | |generated - driving| (x4)."""
+    import cv2
+
+    from pipeline.viz import save_png
+
+    idx = np.linspace(0, len(pred) - 1, min(rows, len(pred))).round().astype(int)
+    src, drv, gen = to_uint8(data.source[idx].float()), to_uint8(data.driving[idx].float()), to_uint8(pred[idx])
+    err = np.clip(np.abs(gen.astype(np.int16) - drv.astype(np.int16)) * 4, 0, 255).astype(np.uint8)
+    tile = max(96, src.shape[1])
+    cells = [np.concatenate([cv2.resize(x, (tile, tile), interpolation=cv2.INTER_NEAREST)
+                             for x in (s, d, g, e)], axis=1) for s, d, g, e in zip(src, drv, gen, err)]
+    header = np.full((22, cells[0].shape[1], 3), 255, np.uint8)
+    for k, label in enumerate(("source", "driving", "generated", "|gen - drv| x4")):
+        cv2.putText(header, label, (k * tile + 3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    foot = np.full((18, cells[0].shape[1], 3), 255, np.uint8)
+    cv2.putText(foot, title[:80], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_png(path, np.concatenate([header, *cells, foot], axis=0))
+
+
+def pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.PathLike[str] | None,
+                      out: str | os.PathLike[str], reports: str | os.PathLike[str], cfg: TrainRendererConfig,
+                      seed: int, tracker: Tracker, progress: bool = True) -> RendererRunResult:
+    """Train (or resume, or reuse) the renderer; see :func:`_pretrain_renderer`. Sets `cfg.threads` torch
+    threads for the run (restored afterwards)."""
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _pretrain_renderer(processed, tavc_path, out, reports, cfg, seed, tracker, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.PathLike[str] | None,
+                       out: str | os.PathLike[str], reports: str | os.PathLike[str], cfg: TrainRendererConfig,
+                       seed: int, tracker: Tracker, progress: bool = True) -> RendererRunResult:
+    """Video-driven renderer pretraining with held-out evaluation.
+
+    Args:
+        processed: output folder of the preprocess stage.
+        tavc_path: checkpoint of the trained TAVC metric (its audio encoder gives C^a for CERL); may be None
+            when ``model.cerl.enabled`` is false.
+        out: model folder; ``checkpoint.pt`` (kind ``renderer``: the Renderer's weights and config; the
+            discriminator and its optimizer in ``extra``) is resumed when it has the same fingerprint.
+        reports: folder for the sample grids written at each evaluation (``samples/step_XXXXXX.png``).
+        cfg, seed: settings and `common.seed`.
+        tracker: receives per-step losses and held-out curves.
+    """
+    processed, out, reports = Path(processed), Path(out), Path(reports)
+    cfg.validate()
+    device = torch.device(cfg.device)
+    train_clips = load_clips(processed, cfg.train_splits, 2)
+    eval_clips = load_clips(processed, cfg.eval_splits, 2)
+    shared = sorted({c.speaker for c in train_clips} & {c.speaker for c in eval_clips})
+    if shared:
+        raise CorpusError(f"{processed / 'manifest.parquet'}: speakers {shared} are in both {list(cfg.train_splits)} "
+                          f"and {list(cfg.eval_splits)}; held-out evaluation needs unseen speakers")
+
+    tavc = None
+    tavc_digest = None
+    if cfg.model.cerl.enabled:
+        if tavc_path is None:
+            raise ValueError("model.cerl.enabled needs the trained TAVC metric (--tavc)")
+        tavc = load_tavc(tavc_path)
+        if tavc.cfg.embed_dim != cfg.model.cerl.relation_dim:
+            raise ValueError(f"{tavc_path}: TAVC embed_dim {tavc.cfg.embed_dim} != model.cerl.relation_dim "
+                             f"{cfg.model.cerl.relation_dim}; C^a must be relation_dim x relation_dim")
+        tavc_digest = file_digest(tavc_path)
+    pose_teacher = None
+    if cfg.weights.head_pose is not None and cfg.loss_weights.head_pose > 0:
+        from pipeline.models.hopenet import load_hopenet
+        pose_teacher = load_hopenet(cfg.weights.head_pose)
+
+    fp = fingerprint(_fingerprint_config(cfg), seed, file_digest(processed / "manifest.parquet"), tavc_digest)
+    ckpt_path = out / "checkpoint.pt"
+    seed_everything(seed)
+    trainer = RendererTrainer(cfg, seed, tavc, pose_teacher, device)
+    state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
+    if state is not None:
+        start, history = restore(state, trainer.renderer, trainer.opt_g, str(ckpt_path))
+        trainer.load_extra_state(state["extra"], str(ckpt_path))
+        log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
+    else:
+        if cfg.weights.sadtalker is not None:
+            load_sadtalker_renderer(trainer.renderer, cfg.weights.sadtalker)
+        start, history = 0, History()
+
+    t0 = time.perf_counter()
+    eval_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip)
+    params = parameter_counts(trainer)
+    log.info("renderer: %d train clips, %d held-out pairs from %d clips (built in %.1f s); %s parameters "
+             "(+ discriminator %s); perceptual extractor: %s; head-pose loss: %s", len(train_clips),
+             len(eval_set.source), len(eval_clips), time.perf_counter() - t0, f"{params['renderer']:,}",
+             f"{params['discriminator']:,}", trainer.perceptual.extractor_name,
+             "on (Hopenet)" if pose_teacher is not None else "off (no pose network configured)")
+
+    def heldout(step: int, landmarks: bool) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        backend = _landmark_backend() if landmarks else None
+        try:
+            res, pred = evaluate_heldout(trainer, eval_set, cfg.landmark_size, backend)
+        finally:
+            if backend is not None:
+                backend.close()
+        row = {"heldout_l1": float(res["l1_generated"].mean()), "heldout_l1_source": float(res["l1_source"].mean())}
+        history.add(step, **row)
+        tracker.log_metrics({k.replace("heldout_", "heldout/"): v for k, v in row.items()}, step=step)
+        save_sample_grid(reports / "samples" / f"step_{step:06d}.png", eval_set, pred,
+                         f"step {step}: held-out L1 {row['heldout_l1']:.4f} (source baseline "
+                         f"{row['heldout_l1_source']:.4f})")
+        return res, pred
+
+    def checkpoint(step: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=trainer.renderer,
+                        optimizer=trainer.opt_g, step=step, fingerprint=fp,
+                        extra={"history": history.rows, "seed": seed, **trainer.extra_state()})
+
+    train_seconds = 0.0
+    if start < cfg.steps:
+        if start == 0 and cfg.eval_every:
+            heldout(0, landmarks=False)
+        dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb)
+        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
+        trainer.renderer.train()
+        trainer.discriminator.train()
+        window: list[dict[str, float]] = []
+        t_train = time.perf_counter()
+        bar = tqdm(loader, total=cfg.steps, initial=start, desc="pretrain_renderer", disable=not progress,
+                   unit="step")
+        for step, batch in enumerate(bar, start=start + 1):  # `step` = optimizer steps done after this batch
+            window.append(trainer.train_step(batch, step - 1))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                keys = sorted({k for row in window for k in row})
+                mean = {k: float(np.mean([row[k] for row in window if k in row])) for k in keys}
+                window.clear()
+                history.add(step, **mean)
+                tracker.log_metrics({f"train/{k}": v for k, v in mean.items()}, step=step)
+                bar.set_postfix(g=f"{mean['generator_total']:.3f}",
+                                **({"d": f"{mean['discriminator']:.3f}"} if "discriminator" in mean else {}))
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                heldout(step, landmarks=False)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint(step)
+        bar.close()
+        train_seconds = time.perf_counter() - t_train
+    else:
+        log.info("%s is complete (step %d): evaluating only", ckpt_path, start)
+
+    t_eval = time.perf_counter()
+    res, pred = heldout(cfg.steps, landmarks=True)
+    # Diagnostic: the same protocol on the training speakers' clips. These frames were trained on; the
+    # identities were seen. A renderer that beats the source baseline here but not on held-out speakers has
+    # learned motion for the faces it knows and not yet the one-shot transfer of appearance.
+    seen_set = build_eval_set(train_clips, seed, cfg.model.image_size, SEEN_PAIRS_PER_CLIP)
+    seen_res, _ = evaluate_heldout(trainer, seen_set, cfg.landmark_size, None)
+    seen = summarize(seen_res, seen_set.clip_ids, cfg.bootstrap, seed)
+    save_sample_grid(reports / "samples.png", eval_set, pred,
+                     f"held-out speakers {sorted(set(eval_set.speakers.tolist()))}, step {cfg.steps}")
+    summary = summarize(res, eval_set.clip_ids, cfg.bootstrap, seed)
+    summary["speakers"] = sorted(set(eval_set.speakers.tolist()))
+    log.info("held-out evaluation with landmarks: %.1f s", time.perf_counter() - t_eval)
+    beats = [summary[m]["beats_baseline"] for m in ("l1", "lmd") if m in summary]
+    metrics = {
+        "heldout": summary,
+        "seen_speakers_diagnostic": seen,
+        "target": {"description": "held-out reconstruction beats 'output the source frame' on L1 and landmarks",
+                   "met": bool(len(beats) == 2 and all(beats))},
+        "extractors": {"perceptual": trainer.perceptual.extractor_name,
+                       "head_pose": "hopenet" if pose_teacher is not None else None,
+                       "landmarks": "mediapipe (68-point mapping), frames resized to "
+                                    f"{cfg.landmark_size} px"},
+        "train": {"steps": cfg.steps, "resumed_from": start, "seconds": round(train_seconds, 1),
+                  "clips": len(train_clips), "speakers": len({c.speaker for c in train_clips}),
+                  "final_losses": _last_row(history, ("generator_total", "discriminator", "perceptual", "l1"))},
+        "parameters": params,
+        "image_size": cfg.model.image_size,
+    }
+    per_sample = [{"clip_id": c, "speaker": s, "source_index": int(p[0]), "driving_index": int(p[1]),
+                   **{k: float(v[n]) for k, v in res.items()}}
+                  for n, (c, s, p) in enumerate(zip(eval_set.clip_ids, eval_set.speakers, eval_set.positions))]
+    return RendererRunResult(metrics=metrics, history=history, per_sample=per_sample)
+
+
+def _landmark_backend() -> Any:
+    from pipeline.faces.landmarks import make_backend
+
+    return make_backend("mediapipe", min_confidence=0.3)
+
+
+def _last_row(history: History, names: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        _, values = history.series(name)
+        if len(values):
+            out[name] = float(values[-1])
+    return out
+
+
+def parameter_counts(trainer: RendererTrainer) -> dict[str, int]:
+    """Parameters of each renderer network, the renderer, and the discriminator."""
+    r = trainer.renderer
+    counts = {name: count_parameters(m) for name, m in (
+        ("appearance", r.appearance), ("kp_detector", r.kp_detector), ("he_estimator", r.he_estimator),
+        ("generator", r.generator))}
+    counts["cerl"] = count_parameters(r.cerl) if r.cerl is not None else 0
+    counts["renderer"] = count_parameters(r)
+    counts["discriminator"] = count_parameters(trainer.discriminator)
+    return counts
+
+
+def plot_report(run: RendererRunResult, folder: str | os.PathLike[str]) -> list[Path]:
+    """``curves.png``: generator loss terms, discriminator loss, held-out L1 vs the source baseline."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = folder / "curves.png"
+    terms = sorted({k for row in run.history.rows for k in row} - {"step", "generator_total", "discriminator",
+                                                                      "heldout_l1", "heldout_l1_source"})
+    plot_curves(run.history, curves, {
+        "generator loss (weighted terms)": ["generator_total", *terms],
+        "discriminator (hinge)": ["discriminator"],
+        "held-out L1 (vs source-frame baseline)": ["heldout_l1", "heldout_l1_source"],
+    }, title="renderer pretraining (video-driven)")
+    return [curves]

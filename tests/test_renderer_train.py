@@ -1,0 +1,252 @@
+"""Renderer pretraining loop and stage (pipeline/train/renderer.py, stages/pretrain_renderer.py), tiny dimensions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import ConfigError, from_dict, to_dict
+from pipeline.losses.renderer import PerceptualConfig, RendererLossWeights
+from pipeline.models.renderer.appearance import AppearanceConfig
+from pipeline.models.renderer.cerl import CERLConfig
+from pipeline.models.renderer.dense_motion import DenseMotionConfig
+from pipeline.models.renderer.discriminator import DiscriminatorConfig
+from pipeline.models.renderer.generator import GeneratorConfig
+from pipeline.models.renderer.head_pose import HeadPoseConfig
+from pipeline.models.renderer.keypoint_detector import KeypointDetectorConfig
+from pipeline.models.renderer.renderer import RendererConfig
+from pipeline.models.tavc import TAVC, TAVCConfig
+from pipeline.train.common import load_checkpoint, save_checkpoint
+
+RELATION_DIM = 16
+TINY_TAVC = TAVCConfig(embed_dim=RELATION_DIM, audio_width=0.0625, visual_width=0.0625)
+TINY = RendererConfig(
+    image_size=32, num_kp=4,
+    appearance=AppearanceConfig(block_expansion=8, max_features=32, num_down_blocks=2, reshape_channel=4,
+                                reshape_depth=4, num_resblocks=1),
+    keypoints=KeypointDetectorConfig(block_expansion=8, max_features=32, num_blocks=2, reshape_depth=4,
+                                     temperature=0.1, scale_factor=0.5),
+    head_pose=HeadPoseConfig(block_expansion=8, max_features=64, num_bins=66),
+    dense_motion=DenseMotionConfig(block_expansion=4, max_features=16, num_blocks=2, compress=2, kp_variance=0.01),
+    generator=GeneratorConfig(block_expansion=8, num_middle_blocks=1, spade_hidden=8, spectral_norm=True,
+                              estimate_occlusion_map=True),
+    discriminator=DiscriminatorConfig(scales=(1.0,), block_expansion=8, max_features=32, num_blocks=2,
+                                      spectral_norm=True),
+    cerl=CERLConfig(enabled=True, mode="matmul", relation_dim=RELATION_DIM),
+)
+
+
+def _cfg(**changes):
+    from pipeline.train.renderer import TrainRendererConfig
+
+    base = TrainRendererConfig(
+        model=TINY, perceptual=PerceptualConfig(weights=None, fallback="random_vgg19", scales=(1.0, 0.5),
+                                                layer_weights=(1.0,)),
+        loss_weights=RendererLossWeights(l1=10.0), batch_size=2, lr=1e-3, steps=4, eval_pairs_per_clip=2,
+        eval_every=2, landmark_size=128, bootstrap=20, log_every=1, checkpoint_every=2, workers=0, cache_mb=16,
+        threads=0)
+    return dataclasses.replace(base, **changes)
+
+
+def _tavc_checkpoint(path):
+    torch.manual_seed(0)
+    model = TAVC(TINY_TAVC)
+    save_checkpoint(path, kind="tavc", config={"model": to_dict(TINY_TAVC)}, model=model, optimizer=None, step=1)
+    return path
+
+
+def _trainer(cfg=None):
+    from pipeline.train.renderer import RendererTrainer
+
+    torch.manual_seed(0)
+    tavc = TAVC(TINY_TAVC).eval().requires_grad_(False)
+    return RendererTrainer(cfg or _cfg(), 0, tavc, None, torch.device("cpu"))
+
+
+def _batch(b=2, s=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.rand(b, 3, s, s, generator=g)
+    return {"source": src, "driving": (src + 0.05 * torch.randn(b, 3, s, s, generator=g)).clamp(0, 1),
+            "mel": torch.randn(b, 2, 1, 80, 16, generator=g)}
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed(before, module):
+    """Parameters that differ from the snapshot (buffers such as BN statistics and spectral norm's power-iteration
+    vectors move with every training-mode forward pass and are not optimizer updates)."""
+    return sorted(k for k, v in module.named_parameters() if not torch.equal(before[k], v))
+
+
+def test_config_is_strict_and_checks_types():
+    from pipeline.train.renderer import TrainRendererConfig
+
+    section = to_dict(_cfg())
+    assert from_dict(TrainRendererConfig, section, "pretrain_renderer") == _cfg()
+    with pytest.raises(ConfigError, match="pretrain_renderer.gan_start: missing"):
+        from_dict(TrainRendererConfig, {k: v for k, v in section.items() if k != "gan_start"}, "pretrain_renderer")
+    with pytest.raises(ConfigError, match="cerl.mode"):
+        bad = {**section, "model": {**section["model"], "cerl": {**section["model"]["cerl"], "mode": "add"}}}
+        from_dict(TrainRendererConfig, bad, "pretrain_renderer")
+    with pytest.raises(ConfigError, match="lr"):
+        from_dict(TrainRendererConfig, {**section, "lr": "2e-4"}, "pretrain_renderer")
+    with pytest.raises(ConfigError, match="overlap"):
+        from_dict(TrainRendererConfig, {**section, "eval_splits": ["train"]}, "pretrain_renderer")
+
+
+def test_generator_and_discriminator_steps_change_only_their_parameters():
+    trainer = _trainer()
+    batch = _batch()
+    r0, d0, t0 = _snapshot(trainer.renderer), _snapshot(trainer.discriminator), _snapshot(trainer.tavc)
+    p0 = _snapshot(trainer.perceptual)
+    values, pred = trainer.generator_update(batch, step=0)
+    assert {"perceptual", "l1", "gan", "feature_matching", "equivariance", "keypoint_prior",
+            "deformation_prior"} <= set(values) and "head_pose" not in values  # no pose teacher configured
+    assert _changed(r0, trainer.renderer), "generator step must update the renderer"
+    changed_cerl = [k for k in _changed(r0, trainer.renderer) if k.startswith("cerl.")]
+    assert changed_cerl, "CERL is trained with the renderer"
+    assert not _changed(d0, trainer.discriminator), "generator step must not touch the discriminator"
+    assert not _changed(t0, trainer.tavc) and not _changed(p0, trainer.perceptual)
+
+    r1 = _snapshot(trainer.renderer)
+    trainer.discriminator_update(batch["driving"], pred)
+    assert _changed(d0, trainer.discriminator), "discriminator step must update D"
+    assert not _changed(r1, trainer.renderer), "discriminator step must not touch the renderer"
+
+
+def test_gan_start_delays_the_discriminator():
+    trainer = _trainer(_cfg(gan_start=5))
+    d0 = _snapshot(trainer.discriminator)
+    values = trainer.train_step(_batch(), step=0)
+    assert "gan" not in values and "discriminator" not in values
+    assert not _changed(d0, trainer.discriminator)
+    assert "discriminator" in trainer.train_step(_batch(), step=5)
+
+
+def test_cerl_disabled_needs_no_relation():
+    from pipeline.train.renderer import RendererTrainer
+
+    cfg = _cfg(model=dataclasses.replace(TINY, cerl=CERLConfig(enabled=False, mode="matmul",
+                                                                relation_dim=RELATION_DIM)))
+    trainer = RendererTrainer(cfg, 0, None, None, torch.device("cpu"))
+    assert trainer.renderer.cerl is None
+    assert np.isfinite(trainer.train_step(_batch(), 0)["generator_total"])
+
+
+def test_short_training_lowers_the_reconstruction_loss():
+    cfg = _cfg(loss_weights=RendererLossWeights(perceptual=10.0, gan=0.0, feature_matching=0.0, equivariance=10.0,
+                                                keypoint_prior=10.0, head_pose=20.0, deformation_prior=5.0,
+                                                l1=10.0), lr=2e-3)
+    trainer = _trainer(cfg)
+    batch = _batch(b=4, seed=1)
+    l1 = [trainer.train_step(batch, step)["l1"] for step in range(30)]
+    assert np.mean(l1[-5:]) < 0.7 * np.mean(l1[:3]), l1
+
+
+def test_equivariance_warps_are_keyed_by_step():
+    """The random warp of a step depends on (seed, step) only, so a resumed run repeats it."""
+    trainer = _trainer()
+    batch = _batch()
+    trainer.renderer.eval()  # BN in eval mode: the same inputs give the same losses
+    a = trainer.generator_step(batch, 3).losses["equivariance"].item()
+    b = trainer.generator_step(batch, 3).losses["equivariance"].item()
+    c = trainer.generator_step(batch, 4).losses["equivariance"].item()
+    assert a == b and a != c
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _KillAt:
+    def __init__(self, at):
+        self.at = at
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.at and any(k.startswith("train/") for k in metrics):
+            raise _Killed(step)
+
+    def log_params(self, params):
+        pass
+
+    def log_artifact(self, path, subdir=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+
+@pytest.mark.slow
+def test_stage_smoke_resume_reuse_and_inference_loading(processed_corpus, tmp_path):
+    from pipeline.render import load_renderer
+    from pipeline.tracking import NullTracker
+    from pipeline.train.renderer import pretrain_renderer
+    from stages import pretrain_renderer as stage
+
+    tavc = _tavc_checkpoint(tmp_path / "tavc.pt")
+    cfg = _cfg()
+    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+                         "paths": {"raw": "r", "processed": "p", "reports": "rep"}},
+              "pretrain_renderer": to_dict(cfg)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    full, reports = tmp_path / "full", tmp_path / "reports"
+    assert stage.main(["--params", str(tmp_path / "params.yaml"), "--processed", str(processed_corpus),
+                       "--tavc", str(tavc), "--out", str(full), "--reports", str(reports), "--no-progress",
+                       "--no-track"]) == 0
+    metrics = json.loads((reports / "metrics.json").read_text())
+    h = metrics["heldout"]
+    import pandas as pd
+
+    manifest = pd.read_parquet(processed_corpus / "manifest.parquet")
+    held = manifest[manifest["split"].isin(["val", "test"])]
+    assert h["clips"] == len(held) and h["pairs"] == 2 * len(held)
+    assert set(h["speakers"]).isdisjoint(manifest.loc[manifest["split"] == "train", "speaker"])
+    assert h["l1"]["generated"] > 0 and h["l1"]["source_baseline"] > 0
+    assert "lmd" in h and metrics["extractors"]["perceptual"] == "vgg19_random_seed0"
+    assert metrics["extractors"]["head_pose"] is None
+    for name in ("curves.png", "samples.png", "heldout_pairs.csv", "samples/step_000000.png",
+                 "samples/step_000002.png", "samples/step_000004.png"):
+        assert (reports / name).is_file(), name
+    state = load_checkpoint(full / "checkpoint.pt", "renderer")
+    assert state["step"] == 4 and {"discriminator", "optimizer_d"} <= set(state["extra"])
+
+    # killed after the step-2 checkpoint, then rerun: resumes and ends with the same weights
+    killed = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        pretrain_renderer(processed_corpus, tavc, killed, tmp_path / "rk", cfg, 0, _KillAt(3), progress=False)
+    assert load_checkpoint(killed / "checkpoint.pt")["step"] == 2
+    resumed = pretrain_renderer(processed_corpus, tavc, killed, tmp_path / "rk", dataclasses.replace(cfg, workers=1),
+                                0, NullTracker(), progress=False)
+    assert resumed.metrics["train"]["resumed_from"] == 2
+    state_b = load_checkpoint(killed / "checkpoint.pt")
+    for k, v in state["model"].items():
+        assert torch.equal(v, state_b["model"][k]), k
+    for k, v in state["extra"]["discriminator"].items():
+        assert torch.equal(v, state_b["extra"]["discriminator"][k]), k
+
+    # complete checkpoint: evaluated only; the inference loader rebuilds the renderer from it
+    again = pretrain_renderer(processed_corpus, tavc, full, tmp_path / "ra", cfg, 0, NullTracker(), progress=False)
+    assert again.metrics["train"]["resumed_from"] == 4 and again.metrics["heldout"]["l1"] == h["l1"]
+    renderer = load_renderer(full / "checkpoint.pt")
+    assert renderer.cfg == TINY and not renderer.training
+
+
+def test_tavc_dimension_mismatch_is_reported(processed_corpus, tmp_path):
+    from pipeline.tracking import NullTracker
+    from pipeline.train.renderer import pretrain_renderer
+
+    tavc = _tavc_checkpoint(tmp_path / "tavc.pt")
+    cfg = _cfg(model=dataclasses.replace(TINY, cerl=CERLConfig(enabled=True, mode="matmul", relation_dim=8)))
+    with pytest.raises(ValueError, match="relation_dim"):
+        pretrain_renderer(processed_corpus, tavc, tmp_path / "m", tmp_path / "r", cfg, 0, NullTracker(),
+                          progress=False)
+    with pytest.raises(ValueError, match="--tavc"):
+        pretrain_renderer(processed_corpus, None, tmp_path / "m", tmp_path / "r", _cfg(), 0, NullTracker(),
+                          progress=False)
