@@ -126,3 +126,24 @@ def test_eval_set_is_fixed_and_scaled(clips) -> None:
     assert eval_specs(clips, 0, 2) != [RendererDataset(clips, 0, S).draw(0, slot) for slot in range(n)]
     # different seed, different pairs
     assert not np.array_equal(build_eval_set(clips, seed=1, image_size=S, pairs_per_clip=2).positions, a.positions)
+
+
+def test_augmentation_is_shared_by_the_pair_keyed_and_flips_half_the_time():
+    from pipeline.data.renderer import augment_pair
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    pair = np.stack([frame, frame])
+    out = augment_pair(pair, np.random.default_rng(5))
+    assert out.dtype == np.uint8 and out.shape == pair.shape
+    assert np.array_equal(out[0], out[1])  # one transform for source and driving
+    assert np.array_equal(out, augment_pair(pair, np.random.default_rng(5)))  # keyed
+    assert not np.array_equal(out, pair)
+    flips = 0
+    for k in range(40):
+        a = augment_pair(pair, np.random.default_rng(k), jitter=0.0)  # jitter 0: only the flip remains
+        flipped = np.abs(a[0].astype(int) - frame[:, ::-1].astype(int)).max() <= 1
+        same = np.abs(a[0].astype(int) - frame.astype(int)).max() <= 1
+        assert flipped or same
+        flips += flipped
+    assert 8 <= flips <= 32

@@ -3,14 +3,14 @@
 One sample = two different frames of one clip: the source (appearance and canonical keypoints) and the driving frame
 (pose, expression and the target image), plus the mel windows of driving frames d-1 and d, from which the training
 loop computes the audio relationship c^a of CERL (Algorithm 1). The clip is drawn uniformly over clips, the driving
-frame d uniformly in [1, T-1] (d-1 must exist), the source uniformly over the other T-1 frames. There is no
-augmentation: a horizontal flip would flip the head pose that the estimator must recover, and appearance jitter
-would have to be applied identically to source and driving anyway.
+frame d uniformly in [1, T-1] (d-1 must exist), the source uniformly over the other T-1 frames. With ``augment``,
+both frames get the same random flip and colour jitter (:func:`augment_pair`, FOMM's recipe).
 
 Frames: the whole clip is decoded once (sequential decoding through `FrameStore` is fast, random seeks are not),
 resized to S x S, and kept as uint8 in a per-process LRU cache bounded by ``cache_mb`` (emptied when the dataset is
 pickled into DataLoader workers). A clip larger than the whole cache is served uncached, decoding only the two frames
-a sample needs. All randomness of sample (step, slot) comes from ``sample_rng(seed, step, slot)``.
+a sample needs. All randomness of sample (step, slot) comes from ``sample_rng(seed, step, slot)`` (the augmentation
+from ``sample_rng(seed, step, slot, 1)``).
 """
 
 from __future__ import annotations
@@ -92,6 +92,40 @@ def draw_pair(rng: np.random.Generator, frames: int, min_gap: int = 1) -> tuple[
             return s, d
 
 
+JITTER = 0.1  # FOMM / face-vid2vid augmentation: brightness, contrast, saturation and hue jitter of ±0.1
+
+
+def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = JITTER) -> np.ndarray:
+    """FOMM's training augmentation, identical for the source and the driving frame of a sample: a horizontal flip
+    with probability 1/2 and one colour jitter (brightness, contrast, saturation factors in [1 − j, 1 + j], hue
+    shift in ±j of the colour circle). It widens the colours and poses the renderer sees, so that it learns to carry
+    the source's appearance over instead of memorising the few training identities.
+
+    Args:
+        frames: (n, S, S, 3) uint8 frames of one sample (the same transform for all n).
+        rng: the sample's random stream.
+    Returns:
+        (n, S, S, 3) uint8.
+    """
+    import cv2
+
+    flip = rng.random() < 0.5
+    b, c, s = rng.uniform(1 - jitter, 1 + jitter, size=3)
+    hue = rng.uniform(-jitter, jitter) * 360.0  # degrees of OpenCV's float HSV
+    x = frames[:, :, ::-1] if flip else frames
+    x = x.astype(np.float32) / 255.0 * b  # (n, S, S, 3)
+    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)  # (n, S, S) luma
+    x = (x - gray.mean(axis=(1, 2))[:, None, None, None]) * c + gray.mean(axis=(1, 2))[:, None, None, None]
+    gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]  # (n, S, S, 1)
+    x = np.clip(gray + (x - gray) * s, 0.0, 1.0)
+    out = np.empty(x.shape, np.uint8)
+    for i, img in enumerate(x):
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)  # H in [0, 360)
+        hsv[..., 0] = np.mod(hsv[..., 0] + hue, 360.0)
+        out[i] = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
 class RendererDataset(torch.utils.data.Dataset):
     """Keyed renderer pretraining samples: ``dataset[(step, slot)]`` -> dict of numpy arrays.
 
@@ -104,9 +138,11 @@ class RendererDataset(torch.utils.data.Dataset):
         seed: run seed; sample (step, slot) uses ``sample_rng(seed, step, slot)``.
         image_size: S, side of the returned images (crops are resized with `resize_square`).
         cache_mb: per-process cache of decoded, resized clips (0 disables it: every sample decodes its two frames).
+        augment: apply :func:`augment_pair` (drawn from ``sample_rng(seed, step, slot, 1)``).
     """
 
-    def __init__(self, clips: Sequence[Clip], seed: int, image_size: int, cache_mb: int = 512) -> None:
+    def __init__(self, clips: Sequence[Clip], seed: int, image_size: int, cache_mb: int = 512,
+                 augment: bool = False) -> None:
         short = [c.clip_id for c in clips if c.frames < 2]
         if not clips or short:
             raise CorpusError(f"renderer dataset needs clips of >= 2 frames; got {len(clips)} clips, "
@@ -114,7 +150,7 @@ class RendererDataset(torch.utils.data.Dataset):
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.clips = list(clips)
-        self.seed, self.image_size = seed, image_size
+        self.seed, self.image_size, self.augment = seed, image_size, augment
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=8)  # whole clips are decoded at once: few open readers needed
         self.cache = _ClipFrameCache(cache_mb * 2**20)
@@ -154,16 +190,19 @@ class RendererDataset(torch.utils.data.Dataset):
         """Mel windows (2, 1, 80, 16) of driving frames d-1 and d."""
         return mel_windows(self.features.get_array(clip, "mel"), [driving - 1, driving])[:, None]  # (2, 1, 80, 16)
 
-    def load(self, spec: RendererSampleSpec) -> dict[str, Any]:
-        """Arrays of one sample."""
+    def load(self, spec: RendererSampleSpec, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Arrays of one sample; augmented with `rng` when given."""
         clip = self.clips[spec.clip]
-        source, driving = to_float_image(self.frames(clip, [spec.source, spec.driving]))  # (3, S, S) each
+        frames = self.frames(clip, [spec.source, spec.driving])  # (2, S, S, 3) uint8
+        if rng is not None:
+            frames = augment_pair(frames, rng)
+        source, driving = to_float_image(frames)  # (3, S, S) each
         return {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
                 "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         step, slot = key
-        return self.load(self.draw(step, slot))
+        return self.load(self.draw(step, slot), sample_rng(self.seed, step, slot, 1) if self.augment else None)
 
 
 def eval_specs(clips: Sequence[Clip], seed: int, pairs_per_clip: int,

@@ -85,6 +85,7 @@ class TrainRendererConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     steps: int = 100_000
     gan_start: int = 0  # steps trained without the discriminator first (0: from the start, as face-vid2vid)
+    augment: bool = True  # FOMM / face-vid2vid: shared random flip + colour jitter of source and driving frame
     train_splits: tuple[str, ...] = ("train",)
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_pairs_per_clip: int = 8
@@ -490,7 +491,7 @@ def _pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.Pa
     if start < cfg.steps:
         if start == 0 and cfg.eval_every:
             heldout(0, landmarks=False)
-        dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb)
+        dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment)
         loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
         trainer.renderer.train()
         trainer.discriminator.train()
