@@ -131,7 +131,7 @@ def motion_rows(motion: HeadMotion, start: int, stop: int, device: torch.device 
 # ----------------------------------------------------------------------------------------------------------------
 # render
 # ----------------------------------------------------------------------------------------------------------------
-def _to_uint8(prediction: torch.Tensor) -> np.ndarray:
+def to_uint8(prediction: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
     x = prediction.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)  # (B, 3, H, W)
     return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
@@ -217,7 +217,7 @@ def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: 
                 kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1),
                                                  motion_rows(motion, a, b, device))  # (B, K, 3)
                 result = renderer.generate(vol, kp_source.expand(n, -1, -1), kp_driving)  # prediction (B, 3, S, S)
-                out[a:b] = _to_uint8(result.prediction)  # (B, S, S, 3)
+                out[a:b] = to_uint8(result.prediction)  # (B, S, S, 3)
     finally:
         renderer.to(home)
         for module, mode in modes.items():
@@ -236,5 +236,5 @@ def identity_motion(source_motion: HeadMotion, frames: int) -> HeadMotion:
     return type(source_motion)(**fields)
 
 
-__all__ = ["CHECKPOINT_KIND", "identity_motion", "load_renderer", "motion_length", "motion_rows", "render",
+__all__ = ["CHECKPOINT_KIND", "identity_motion", "load_renderer", "motion_length", "motion_rows", "render", "to_uint8",
            "source_tensor"]

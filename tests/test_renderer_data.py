@@ -105,23 +105,21 @@ def test_eval_set_is_fixed_and_scaled(clips) -> None:
     assert len(a) == n
     assert a.source.shape == (n, 3, S, S) and a.driving.shape == (n, 3, S, S)
     assert a.mel.shape == (n, 2, 1, 80, 16)
-    assert a.source_landmarks.shape == (n, 68, 2) and a.driving_landmarks.shape == (n, 68, 2)
     assert a.positions.shape == (n, 2) and a.clip_ids.shape == (n,) and a.speakers.shape == (n,)
-    assert torch.equal(a.source, b.source) and torch.equal(a.driving_landmarks, b.driving_landmarks)
+    assert torch.equal(a.source, b.source) and torch.equal(a.driving, b.driving) and torch.equal(a.mel, b.mel)
     assert np.all(np.abs(a.positions[:, 0] - a.positions[:, 1]) >= MIN_EVAL_GAP)
     assert np.all(a.positions[:, 1] >= 1)
     assert list(a.clip_ids) == [c.clip_id for c in clips for _ in range(2)]
     assert 0 <= float(a.source.min()) and float(a.source.max()) <= 1
-    # the pairs do not depend on the image size; landmarks scale with it
+    # the pairs do not depend on the image size
     big = build_eval_set(clips, seed=0, image_size=2 * S, pairs_per_clip=2)
     np.testing.assert_array_equal(big.positions, a.positions)
-    torch.testing.assert_close(big.driving_landmarks * 0.5, a.driving_landmarks)
-    # against the feature file: crops are 128 px here
+    # against direct decoding of the clip
     clip = clips[0]
     s, d = a.positions[0]
-    landmarks = FeatureStore().get_array(clip, "landmarks")
-    frame = FrameStore().frames(clip, [0])[0]
-    np.testing.assert_allclose(a.driving_landmarks[0].numpy(), landmarks[d, :, :2] * S / frame.shape[0], rtol=1e-6)
+    frame = FrameStore().frames(clip, [d])[0]
+    np.testing.assert_array_equal((a.driving[0].numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0),
+                                  resize_square(frame, S))
     # the eval pairs are not the training draws of the same seed
     assert eval_specs(clips, 0, 2) != [RendererDataset(clips, 0, S).draw(0, slot) for slot in range(n)]
     # different seed, different pairs

@@ -22,6 +22,7 @@ from pipeline.models.renderer.keypoint_detector import KeypointDetectorConfig
 from pipeline.models.renderer.renderer import RendererConfig
 from pipeline.models.tavc import TAVC, TAVCConfig
 from pipeline.train.common import load_checkpoint, save_checkpoint
+from tests.killing import Killed, KillAt
 
 RELATION_DIM = 16
 TINY_TAVC = TAVCConfig(embed_dim=RELATION_DIM, audio_width=0.0625, visual_width=0.0625)
@@ -155,32 +156,10 @@ def test_equivariance_warps_are_keyed_by_step():
     trainer = _trainer()
     batch = _batch()
     trainer.renderer.eval()  # BN in eval mode: the same inputs give the same losses
-    a = trainer.generator_step(batch, 3).losses["equivariance"].item()
-    b = trainer.generator_step(batch, 3).losses["equivariance"].item()
-    c = trainer.generator_step(batch, 4).losses["equivariance"].item()
+    a = trainer.generator_step(batch, 3).terms["equivariance"].item()
+    b = trainer.generator_step(batch, 3).terms["equivariance"].item()
+    c = trainer.generator_step(batch, 4).terms["equivariance"].item()
     assert a == b and a != c
-
-
-class _Killed(RuntimeError):
-    pass
-
-
-class _KillAt:
-    def __init__(self, at):
-        self.at = at
-
-    def log_metrics(self, metrics, step=None):
-        if step == self.at and any(k.startswith("train/") for k in metrics):
-            raise _Killed(step)
-
-    def log_params(self, params):
-        pass
-
-    def log_artifact(self, path, subdir=None):
-        pass
-
-    def set_tags(self, tags):
-        pass
 
 
 @pytest.mark.slow
@@ -219,8 +198,8 @@ def test_stage_smoke_resume_reuse_and_inference_loading(processed_corpus, tmp_pa
 
     # killed after the step-2 checkpoint, then rerun: resumes and ends with the same weights
     killed = tmp_path / "killed"
-    with pytest.raises(_Killed):
-        pretrain_renderer(processed_corpus, tavc, killed, tmp_path / "rk", cfg, 0, _KillAt(3), progress=False)
+    with pytest.raises(Killed):
+        pretrain_renderer(processed_corpus, tavc, killed, tmp_path / "rk", cfg, 0, KillAt(3), progress=False)
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 2
     resumed = pretrain_renderer(processed_corpus, tavc, killed, tmp_path / "rk", dataclasses.replace(cfg, workers=1),
                                 0, NullTracker(), progress=False)

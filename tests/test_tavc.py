@@ -18,6 +18,7 @@ from pipeline.models.audio_encoder import WAV2LIP_AUDIO_LAYERS, AudioEncoder, Au
 from pipeline.models.tavc import TAVC, TAVCConfig, load_pretrained, load_tavc, relationship
 from pipeline.models.visual_encoder import IResNet18, ResNet18
 from pipeline.train.common import WeightsError, count_parameters
+from tests.killing import Killed, KillAt
 
 TINY = TAVCConfig(embed_dim=16, audio_width=0.125, visual_backbone="resnet18", visual_width=0.125)
 
@@ -307,30 +308,6 @@ def test_loss_decreases_when_overfitting_one_batch(processed_corpus):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
 
 
-class _Killed(RuntimeError):
-    pass
-
-
-class _KillAt:
-    """Tracker that simulates a killed process when the loop logs step `at`."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def log_metrics(self, metrics, step=None):
-        if step == self.at and any(k.startswith("train/") for k in metrics):
-            raise _Killed(step)
-
-    def log_params(self, params):
-        pass
-
-    def log_artifact(self, path, subdir=None):
-        pass
-
-    def set_tags(self, tags):
-        pass
-
-
 @pytest.mark.slow
 def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
     from pipeline.tracking import NullTracker
@@ -364,8 +341,8 @@ def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
 
     # killed after the step-3 checkpoint, then rerun: resumes and ends with the same weights
     killed = tmp_path / "killed"
-    with pytest.raises(_Killed):
-        train_tavc(processed_corpus, killed, cfg, 0, _KillAt(5), progress=False)
+    with pytest.raises(Killed):
+        train_tavc(processed_corpus, killed, cfg, 0, KillAt(5), progress=False)
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 3
     resumed = train_tavc(processed_corpus, killed, dataclasses.replace(cfg, workers=1), 0, NullTracker(),
                          progress=False)

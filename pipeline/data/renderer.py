@@ -230,8 +230,6 @@ class RendererEvalSet:
         source: (N, 3, S, S) float32 in [0, 1].
         driving: (N, 3, S, S) float32 in [0, 1] (the target of the reconstruction).
         mel: (N, 2, 1, 80, 16) mel windows of driving frames (d-1, d).
-        source_landmarks: (N, 68, 2) landmarks (x, y) of the source frame, in pixels of the S x S image.
-        driving_landmarks: (N, 68, 2) landmarks of the driving frame, same units.
         clip_ids: (N,) clip id of each pair (the bootstrap's clusters).
         speakers: (N,) speaker of each pair.
         positions: (N, 2) int64 (source_index, driving_index).
@@ -240,8 +238,6 @@ class RendererEvalSet:
     source: torch.Tensor
     driving: torch.Tensor
     mel: torch.Tensor
-    source_landmarks: torch.Tensor
-    driving_landmarks: torch.Tensor
     clip_ids: np.ndarray
     speakers: np.ndarray
     positions: np.ndarray
@@ -252,40 +248,23 @@ class RendererEvalSet:
 
 def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_clip: int,
                    min_gap: int = MIN_EVAL_GAP) -> RendererEvalSet:
-    """Decode the held-out pairs of :func:`eval_specs` (each clip's frames in one sorted decode).
-
-    Landmarks come from the feature files (``landmarks[..., :2]``, crop pixels) scaled by S / crop side: coordinates
-    whose pixel k spans [k, k+1) (mediapipe's and face_alignment's convention) scale exactly this way.
-    """
+    """Decode the held-out pairs of :func:`eval_specs` (each clip's frames in one sorted decode)."""
     if pairs_per_clip < 1:
         raise ValueError(f"pairs_per_clip must be >= 1, got {pairs_per_clip}")
     dataset = RendererDataset(clips, seed, image_size, cache_mb=0)
     specs = eval_specs(clips, seed, pairs_per_clip, min_gap)
-    sources, drivings, mels, lm_source, lm_driving = [], [], [], [], []
+    sources, drivings, mels = [], [], []
     for c, clip in enumerate(clips):
         mine = [s for s in specs if s.clip == c]
         wanted = sorted({f for s in mine for f in (s.source, s.driving)})
-        raw = dataset.frame_store.frames(clip, wanted)  # (n, H, W, 3) crops
-        crop_side = raw.shape[1]
-        if raw.shape[2] != crop_side:
-            raise CorpusError(f"{clip.video}: frames are {raw.shape[2]}x{crop_side}, expected square crops")
-        by_frame = {f: to_float_image(resize_square(img, image_size)) for f, img in zip(wanted, raw)}
-        landmarks = dataset.features.get_array(clip, "landmarks")  # (T, 68, 3) crop pixels
-        if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 3) or landmarks.shape[0] <= max(wanted):
-            raise CorpusError(f"{clip.features}: landmarks of shape {landmarks.shape}, need (>{max(wanted)}, 68, 3) "
-                              f"(clip {clip.clip_id})")
-        scale = image_size / crop_side
+        by_frame = dict(zip(wanted, to_float_image(dataset.decode(clip, wanted))))  # frame -> (3, S, S)
         for s in mine:
             sources.append(by_frame[s.source])
             drivings.append(by_frame[s.driving])
             mels.append(dataset.mels(clip, s.driving))  # (2, 1, 80, 16)
-            lm_source.append(landmarks[s.source, :, :2] * scale)  # (68, 2)
-            lm_driving.append(landmarks[s.driving, :, :2] * scale)
     return RendererEvalSet(
         source=torch.from_numpy(np.stack(sources)), driving=torch.from_numpy(np.stack(drivings)),
         mel=torch.from_numpy(np.stack(mels)),
-        source_landmarks=torch.from_numpy(np.stack(lm_source).astype(np.float32)),
-        driving_landmarks=torch.from_numpy(np.stack(lm_driving).astype(np.float32)),
         clip_ids=np.array([clips[s.clip].clip_id for s in specs]),
         speakers=np.array([clips[s.clip].speaker for s in specs]),
         positions=np.array([(s.source, s.driving) for s in specs], dtype=np.int64))

@@ -40,14 +40,14 @@ from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, R
                                       TransformConfig,
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
-                                      keypoint_prior_loss, reconstruction_l1)
+                                      keypoint_prior_loss, reconstruction_l1, weighted_total)
 from pipeline.models.renderer.keypoints import bins_to_degrees, transform_keypoints
 from pipeline.models.renderer.renderer import Renderer, RendererConfig, build_discriminator, load_sadtalker_renderer
 from pipeline.models.tavc import TAVC, load_tavc, relationship
-from pipeline.render import CHECKPOINT_KIND
+from pipeline.render import CHECKPOINT_KIND, to_uint8
 from pipeline.tracking import Tracker
-from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint, plot_curves, restore,
-                                   resumable, save_checkpoint, seed_everything, step_loader)
+from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint, load_state_strict,
+                                   plot_curves, restore, resumable, save_checkpoint, seed_everything, step_loader)
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,12 @@ class TrainRendererConfig:
 
 @dataclass
 class GeneratorStep:
-    """Everything one generator pass produces: the prediction, motions and each weighted loss term."""
+    """Everything one generator pass produces: the prediction, the driving keypoints and each (unweighted) loss
+    term, named as the fields of :class:`RendererLossWeights`."""
 
     prediction: torch.Tensor  # (B, 3, H, W) in [0, 1]
     kp_driving: torch.Tensor  # (B, K, 3)
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def total(self) -> torch.Tensor:
-        return torch.stack(list(self.losses.values())).sum()
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,7 @@ class RendererTrainer:
         return step >= self.cfg.gan_start and (self.w.gan > 0 or self.w.feature_matching > 0)
 
     def generator_step(self, batch: dict[str, torch.Tensor], step: int, train: bool = True) -> GeneratorStep:
-        """Forward pass and weighted generator losses for one batch (no optimizer step)."""
+        """Forward pass and the generator's loss terms for one batch (unweighted; no optimizer step)."""
         src = batch["source"].to(self.device)  # (B, 3, H, W)
         drv = batch["driving"].to(self.device)  # (B, 3, H, W)
         r = self.renderer
@@ -203,19 +200,19 @@ class RendererTrainer:
         out = r(src, kp_s, kp_d, relation)
         pred = out.prediction  # (B, 3, H, W)
         w = self.w
-        losses: dict[str, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {}  # computed only where the weight is > 0
         if w.perceptual > 0:
-            losses["perceptual"] = w.perceptual * self.perceptual(pred, drv)
+            terms["perceptual"] = self.perceptual(pred, drv)
         if w.l1 > 0:
-            losses["l1"] = w.l1 * reconstruction_l1(pred, drv)
+            terms["l1"] = reconstruction_l1(pred, drv)
         if self.gan_active(step):
             fake = self.discriminator(pred)
             if w.gan > 0:
-                losses["gan"] = w.gan * generator_hinge_loss([o.prediction for o in fake])
+                terms["gan"] = generator_hinge_loss([o.prediction for o in fake])
             if w.feature_matching > 0:
                 with torch.no_grad():
                     real = self.discriminator(drv)
-                losses["feature_matching"] = w.feature_matching * feature_matching_loss(
+                terms["feature_matching"] = feature_matching_loss(
                     [o.features for o in real], [o.features for o in fake])
         if w.equivariance > 0:
             # the random warp of step `step` is a function of (seed, step): a resumed run draws the same ones
@@ -223,16 +220,16 @@ class RendererTrainer:
             transform = RandomTransform(drv.shape[0], gen, self.cfg.transform)
             he_t = r.estimate_motion(transform.transform_frame(drv))
             kp_t = transform_keypoints(kp_c, he_t)  # (B, K, 3)
-            losses["equivariance"] = w.equivariance * equivariance_loss(kp_d, kp_t, transform)
+            terms["equivariance"] = equivariance_loss(kp_d, kp_t, transform)
         if w.keypoint_prior > 0:
-            losses["keypoint_prior"] = w.keypoint_prior * keypoint_prior_loss(kp_d)
+            terms["keypoint_prior"] = keypoint_prior_loss(kp_d)
         if w.head_pose > 0 and self.pose_teacher is not None:
             with torch.no_grad():
                 ref = tuple(bins_to_degrees(x) for x in self.pose_teacher(drv))  # 3 x (B,)
-            losses["head_pose"] = w.head_pose * head_pose_loss(he_d.degrees(), ref)
+            terms["head_pose"] = head_pose_loss(he_d.degrees(), ref)
         if w.deformation_prior > 0:
-            losses["deformation_prior"] = w.deformation_prior * deformation_prior_loss(he_d.exp)
-        return GeneratorStep(prediction=pred, kp_driving=kp_d, losses=losses)
+            terms["deformation_prior"] = deformation_prior_loss(he_d.exp)
+        return GeneratorStep(prediction=pred, kp_driving=kp_d, terms=terms)
 
     def set_learning_rate(self, step: int) -> None:
         lr = learning_rate(self.cfg, step)
@@ -244,10 +241,11 @@ class RendererTrainer:
         """One Adam step on the renderer (F, CERL, L, H, G) only; returns the loss values and the prediction."""
         g = self.generator_step(batch, step)
         self.opt_g.zero_grad(set_to_none=True)
-        total = g.total
+        total = weighted_total(g.terms, self.w)
         total.backward()  # the GAN term also leaves gradients on D: never applied (cleared before D's own step)
         self.opt_g.step()
-        values = {k: float(v.detach()) for k, v in g.losses.items()}
+        weights = self.w.as_dict()
+        values = {k: weights[k] * float(v.detach()) for k, v in g.terms.items()}  # weighted, as in the total
         values["generator_total"] = float(total.detach())
         return values, g.prediction.detach()
 
@@ -256,7 +254,7 @@ class RendererTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         real = self.discriminator(driving.to(self.device))
         fake = self.discriminator(prediction.detach())
-        d_loss = self.w.gan * discriminator_hinge_loss([o.prediction for o in real], [o.prediction for o in fake])
+        d_loss = discriminator_hinge_loss([o.prediction for o in real], [o.prediction for o in fake])
         d_loss.backward()
         self.opt_d.step()
         return float(d_loss.detach())
@@ -293,15 +291,8 @@ class RendererTrainer:
         return {"discriminator": self.discriminator.state_dict(), "optimizer_d": self.opt_d.state_dict()}
 
     def load_extra_state(self, extra: dict[str, Any], source: str) -> None:
-        from pipeline.train.common import load_state_strict
-
         load_state_strict(self.discriminator, extra["discriminator"], f"{source} (discriminator)")
         self.opt_d.load_state_dict(extra["optimizer_d"])
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def detect_landmarks(images: np.ndarray, size: int, backend: Any) -> np.ndarray:
