@@ -1,5 +1,5 @@
 """Parameters and FLOPs per frame of the face renderer + CERL and of the inference stack, beside the TAVCE paper's
-Table III (issue 4, scope 2; SPEC §4).
+Table III (method.md §4.4).
 
     python benchmarks/complexity.py                      # full size (RendererConfig defaults, 256x256)
     python benchmarks/complexity.py --config small       # params.yaml's pretrain_renderer.model
@@ -12,12 +12,13 @@ How it measures (CPU, random weights, batch 1, eval mode, ``torch.inference_mode
   TAVC audio encoder). The generator is split into dense motion and decoder with the counter's per-module breakdown
   (``get_flop_counts()``) of that one generate call. The counter counts 2 FLOPs per multiply-accumulate of
   convolutions and matrix products only (grid_sample, normalisation, activations and softmax are not counted).
-  The paper's "GFLOPs" are multiply-accumulates (SPEC §4), so the table compares MACs = FLOPs / 2.
-- "per frame" follows the paper / SPEC convention: the per-frame path of SadTalker (which re-encodes the source for
-  every frame) plus the once-per-video source keypoints counted once (SPEC: 602 G + 19.4 G ≈ 621 G).
+  The paper's "GFLOPs" are multiply-accumulates (method.md §4.4), so the table compares MACs = FLOPs / 2.
+- "per frame" follows the paper / method.md convention: the per-frame path of SadTalker (which re-encodes the source for
+  every frame) plus the once-per-video source keypoints counted once (method.md §4.4: 602 G + 19.4 G ≈ 621 G).
 
-Audio2Coeff (ExpNet, PoseVAE) is not built yet: its rows print SadTalker's measured parameter counts from SPEC §4,
-marked as reference values; they are kept out of the measured totals and shown in a separate "incl. reference" line.
+Audio2Coeff (ExpNet, PoseVAE) is not built yet: its rows print SadTalker's measured parameter counts from
+method.md §4.4, marked as reference values; they are kept out of the measured totals and shown in a separate
+"incl. reference" line.
 """
 
 from __future__ import annotations
@@ -41,29 +42,29 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from pipeline.audio import MEL_WINDOW_FRAMES, N_MELS  # noqa: E402
 from pipeline.config import from_dict, to_dict  # noqa: E402
+from pipeline.models import count_parameters  # noqa: E402
 from pipeline.models.renderer import (CERL, AppearanceConfig, CERLConfig, DenseMotionConfig,  # noqa: E402
                                       DiscriminatorConfig, GeneratorConfig, HeadPoseConfig, KeypointDetectorConfig,
                                       MappingConfig, MappingNet, Renderer, RendererConfig, transform_keypoints)
 from pipeline.models.tavc import TAVC, TAVCConfig, relationship  # noqa: E402
-from pipeline.train.common import count_parameters  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Paper Table III (TAVCE, Xu et al. 2025): parameters (M) and "GFLOPs" (= G multiply-accumulates, SPEC §4).
+# Paper Table III (TAVCE, Xu et al. 2025): parameters (M) and "GFLOPs" (= G multiply-accumulates, method.md §4.4).
 PAPER = {"SadTalker": (175.4, 623.5), "TAVCE": (178.3, 623.7), "CERL delta": (2.9, 0.2)}
-TOLERANCE = 0.10  # issue 4: the full stack within ±10 % of the paper
+TOLERANCE = 0.10  # acceptance band: the full stack within ±10 % of the paper
 
-# SPEC §4: SadTalker's public renderer measured at 256x256 on this CPU (random weights), parameters in M.
-SPEC_PARAMS_M = {"generator total": 100.99, "SPADE decoder": 55.36, "dense motion": 43.55,
+# method.md §4.4: SadTalker's public renderer measured at 256x256 on this CPU (random weights), parameters in M.
+REF_PARAMS_M = {"generator total": 100.99, "SPADE decoder": 55.36, "dense motion": 43.55,
                  "source encoder + rest": 2.08, "keypoint detector": 41.94, "MappingNet": 10.20,
                  "head-pose estimator": 30.25}
-SPEC_MACS_G = {"per-frame path": 602.0, "source keypoints (once)": 19.4}  # SPEC: 1203 GFLOP / 2 and 19.4 G
-# Audio2Coeff, not built yet: SadTalker's measured sizes (SPEC §4), parameters in M.
+REF_MACS_G = {"per-frame path": 602.0, "source keypoints (once)": 19.4}  # method.md §4.4: 1203 GFLOP / 2 and 19.4 G
+# Audio2Coeff, not built yet: SadTalker's measured sizes (method.md §4.4), parameters in M.
 REFERENCE_PARAMS_M = {"ExpNet": 2.85, "PoseVAE (inference part)": 3.16}
 POSEVAE_TOTAL_M = 11.25
 
-# Fallback when params.yaml has no pretrain_renderer.model: a narrow 64x64 renderer in the spirit of SPEC §1's
-# small configs (image 64, narrow channels, f = 8 x 4 = 32 channels, shallower hourglasses).
+# Fallback when params.yaml has no pretrain_renderer.model: a narrow 64x64 renderer in the spirit of method.md
+# §1's small configs (image 64, narrow channels, f = 8 x 4 = 32 channels, shallower hourglasses).
 BUILTIN_SMALL = RendererConfig(
     image_size=64, num_kp=15,
     appearance=AppearanceConfig(block_expansion=16, max_features=128, num_down_blocks=2, reshape_channel=8,
@@ -79,7 +80,8 @@ BUILTIN_SMALL = RendererConfig(
 
 @dataclass
 class Row:
-    """One line of the table. `flops` None = not measured; `measured` False = a reference value from SPEC."""
+    """One line of the table. `flops` None = not measured; `measured` False = a reference value from
+    method.md."""
 
     key: str  # stable identifier (JSON, totals)
     name: str
@@ -113,8 +115,8 @@ def load_configs(name: str, params: Path) -> tuple[RendererConfig, TAVCConfig, l
     """Renderer and TAVC configs of the `full` or `small` setting, with notes on where they came from."""
     notes: list[str] = []
     if name == "full":
-        notes.append("renderer: RendererConfig defaults (SPEC §4 full size, 256x256); TAVC audio encoder: Wav2Lip "
-                     "width 1.0, embed_dim 128")
+        notes.append("renderer: RendererConfig defaults (method.md §4.1 full size, 256x256); "
+                     "TAVC audio encoder: Wav2Lip width 1.0, embed_dim 128")
         return RendererConfig(), TAVCConfig(embed_dim=128, audio_width=1.0), notes
     doc = yaml.safe_load(params.read_text()) if params.is_file() else {}
     section = (doc or {}).get("pretrain_renderer", {}) or {}
@@ -217,15 +219,17 @@ def measure(cfg: RendererConfig, tavc_cfg: TAVCConfig, seed: int = 0, references
                  + ("" if references else "; MappingConfig defaults (no small MappingNet config yet)")),
         Row("tavc_audio", f"TAVC audio encoder E^a (Wav2Lip x{tavc_cfg.audio_width:g} + fc {tavc_cfg.embed_dim})",
             params_of(tavc.audio_encoder, tavc.audio_fc), fl_audio, "per frame",
-            note="one new (1,1,80,16) window per frame: E^a(a_i-1) is kept from the previous frame; + C^a (Eq. 2)"),
+            note="one new (1,1,80,16) window per frame: E^a(a_i-1) is kept from the previous frame; "
+                 "+ C^a (TAVCE Eq. 2)"),
     ]
     if references:
         rows += [
             Row("expnet", "ExpNet (Audio2Coeff)", round(REFERENCE_PARAMS_M["ExpNet"] * 1e6), None, "per frame",
-                measured=False, note="not built (reference value from SPEC)"),
+                measured=False, note="not built (reference value from method.md §4.4)"),
             Row("posevae", "PoseVAE decoder (Audio2Coeff)",
                 round(REFERENCE_PARAMS_M["PoseVAE (inference part)"] * 1e6), None, "per frame", measured=False,
-                note=f"not built (reference value from SPEC; {POSEVAE_TOTAL_M} M with the training-only encoder)"),
+                note=f"not built (reference value from method.md §4.4; {POSEVAE_TOTAL_M} M with the training-only "
+                     "encoder)"),
         ]
     rows += [
         Row("he_estimator", "head-pose/expression estimator", count_parameters(renderer.he_estimator), fl_he,
@@ -308,7 +312,8 @@ def report(name: str, cfg: RendererConfig, rows: list[Row], tot: dict[str, dict[
     for key, v in tot.items():
         lines.append(f"| {key} | {v['params_M']:.2f} | {v['macs_G']:.2f} | {v['per_frame_macs_G']:.2f} |")
     lines += ["", "'paper convention' = per-frame modules + the once-per-video source keypoints counted once "
-              "(SPEC §4: 602 G + 19.4 G ≈ 621 G). ExpNet / PoseVAE FLOPs are not in the SPEC and not counted; "
+              "(method.md §4.4: 602 G + 19.4 G ≈ 621 G). ExpNet / PoseVAE FLOPs are not in method.md and not "
+              "counted; "
               "ExpNet is a Wav2Lip audio encoder + FC, i.e. about the TAVC audio encoder row at width 1.", ""]
     if name == "full":
         sad = tot["SadTalker-equivalent stack incl. reference values"]
@@ -329,15 +334,15 @@ def report(name: str, cfg: RendererConfig, rows: list[Row], tot: dict[str, dict[
         alt = sad["params_M"] - REFERENCE_PARAMS_M["PoseVAE (inference part)"] + POSEVAE_TOTAL_M
         lines += ["", f"With the whole PoseVAE ({POSEVAE_TOTAL_M} M, encoder included) the SadTalker stack has "
                   f"{alt:.2f} M parameters ({_diff(alt, PAPER['SadTalker'][0])}).", ""]
-        lines += ["### Against SPEC §4's measurement of SadTalker's public renderer", "",
-                  "| part | params ours (M) | SPEC (M) | diff |", "|---|---:|---:|---|"]
-        for key, ref in SPEC_PARAMS_M.items():
+        lines += ["### Against method.md §4.4's measurement of SadTalker's public renderer", "",
+                  "| part | params ours (M) | method.md (M) | diff |", "|---|---:|---:|---|"]
+        for key, ref in REF_PARAMS_M.items():
             ours = extra["spec_parts"][key] / 1e6
             lines.append(f"| {key} | {ours:.2f} | {ref:.2f} | {(ours - ref) / ref:+.2%} |")
         per_frame = extra["per_frame_path_flops"] / 2e9
         kp = extra["source_keypoints_flops"] / 2e9
-        ref_frame, ref_kp = SPEC_MACS_G["per-frame path"], SPEC_MACS_G["source keypoints (once)"]
-        lines += ["", "| FLOPs | GMACs ours | SPEC | diff |", "|---|---:|---:|---|",
+        ref_frame, ref_kp = REF_MACS_G["per-frame path"], REF_MACS_G["source keypoints (once)"]
+        lines += ["", "| FLOPs | GMACs ours | method.md | diff |", "|---|---:|---:|---|",
                   f"| per-frame path (appearance + dense motion + decoder) | {per_frame:.2f} | {ref_frame} | "
                   f"{(per_frame - ref_frame) / ref_frame:+.2%} |",
                   f"| source keypoints (once) | {kp:.2f} | {ref_kp} | {(kp - ref_kp) / ref_kp:+.2%} |",

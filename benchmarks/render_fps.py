@@ -1,4 +1,4 @@
-"""Frames per second of the renderer's inference API, pipeline.render.render (issue 4, scope 4).
+"""Frames per second of the renderer's inference API, pipeline.render.render.
 
     python benchmarks/render_fps.py                                  # small and full config, CPU
     python benchmarks/render_fps.py --configs small --frames-small 32 --batch-sizes 1 8
@@ -63,7 +63,7 @@ class Measurement:
 
 
 def random_inputs(cfg: RendererConfig, frames: int, seed: int) -> tuple[np.ndarray, HeadMotion, torch.Tensor]:
-    """A random source (S, S, 3) uint8, per-frame motion (logits) and per-frame relation (T, D, D), Eq. 2 form."""
+    """A random source (S, S, 3) uint8, per-frame motion (logits) and per-frame relation (T, D, D), TAVCE Eq. 2 form."""
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     source = rng.integers(0, 256, size=(cfg.image_size, cfg.image_size, 3), dtype=np.uint8)

@@ -28,7 +28,7 @@ from pipeline.data.corpus import load_clips  # noqa: E402
 from pipeline.data.tavc import TAVCDataset, min_clip_frames  # noqa: E402
 from pipeline.losses.tavc import TAVCLoss  # noqa: E402
 from pipeline.models.tavc import TAVC  # noqa: E402
-from pipeline.train.common import step_loader  # noqa: E402
+from pipeline.data.sampling import step_loader  # noqa: E402
 from pipeline.train.tavc import TrainTAVCConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Audio features of SPEC §1, computed from a 16 kHz mono waveform with numpy only.
+"""Audio features of method.md §1.1, computed from a 16 kHz mono waveform with numpy only.
 
 Three features, each a re-implementation of the recipe that public pretrained networks were trained on, tested
 against the reference implementation (librosa / python_speech_features) in ``tests/test_audio.py``:
@@ -366,7 +366,7 @@ def mfcc_window(
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AudioFeatures:
-    """The three SPEC §1 audio features of one clip, time-major float32.
+    """The three method.md §1.1 audio features of one clip, time-major float32.
 
     Attributes:
         mel: (M, 80) Wav2Lip mel, 80 Hz, in [-4, 4].

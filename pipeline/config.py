@@ -165,7 +165,7 @@ class PathsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CommonConfig:
-    """`common` section of params.yaml: settings every stage shares (SPEC §1)."""
+    """`common` section of params.yaml: settings every stage shares (method.md §1)."""
 
     seed: int
     fps: int
@@ -174,10 +174,10 @@ class CommonConfig:
     paths: PathsConfig = PathsConfig()
 
     def validate(self) -> None:
-        # The audio features and their frame pairing (SPEC §1: 80 mel frames/s = 16 kHz / hop 200, 4 MFCC rows per
-        # video frame, mel windows at int(80 (k-2) / 25)) and public pretrained encoders assume exactly these.
+        # The audio features and their frame pairing (method.md §1.1: 80 mel frames/s = 16 kHz / hop 200, 4 MFCC
+        # rows per video frame, mel windows at int(80 (k-2) / 25)) and public pretrained encoders assume exactly these.
         if self.fps != 25 or self.sample_rate != 16000:
-            raise ValueError(f"fps {self.fps} / sample_rate {self.sample_rate}: the SPEC §1 features require "
+            raise ValueError(f"fps {self.fps} / sample_rate {self.sample_rate}: the method.md §1.1 features require "
                              "fps 25 and sample_rate 16000 (inputs of any rate are resampled to these)")
         if self.image_size <= 0:
             raise ValueError("image_size must be positive")

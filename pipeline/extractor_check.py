@@ -1,8 +1,11 @@
-"""Extractor check: how well preprocessing recovers the synthetic corpus' ground truth.
+"""Extractor check (method.md §2): how well preprocessing recovers the synthetic corpus' ground truth.
 
 Compares, frame by frame, the sidecar truth written by the synth stage (`<clip>.truth.json`: mouth opening,
 yaw/pitch/roll) with what preprocessing recovered from the pixels alone (mediapipe landmarks -> landmark 3DMM):
 the face-found rate, Pearson correlations, and angle errors. Only this check and the tests read the sidecars.
+
+`check_and_report(raw, processed, reports)` is the whole check: `check_corpus` over the preprocessed corpus, then
+`write_report` (metrics.json and truth_vs_recovered.png).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from pipeline.faces import coeffs as coeffs_mod
 from pipeline.geometry import DEG_PER_RAD
-from pipeline.io import load_npz
+from pipeline.io import load_npz, write_json
 
 
 @dataclass
@@ -118,3 +121,47 @@ def plot(comparisons: list[ClipComparison], path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
+
+
+def check_corpus(raw: Path, processed: Path) -> tuple[dict[str, Any], list[ClipComparison]]:
+    """Compare every clip of a preprocessed corpus that has a `<clip>.truth.json` sidecar under `raw`.
+
+    Args:
+        raw: the raw folder the corpus was preprocessed from (holds the sidecars; real datasets have none).
+        processed: output folder of preprocessing (manifest.parquet, features/, rejected.csv).
+
+    Returns:
+        The metrics of `summarize` (face-found rate: the frame-weighted `face_fraction` of the checked clips),
+        followed by `clips_rejected` (rows of rejected.csv), and the per-clip comparisons in manifest order.
+    """
+    import pandas as pd
+
+    raw, processed = Path(raw), Path(processed)
+    manifest = pd.read_parquet(processed / "manifest.parquet")
+    comparisons, frames, found = [], 0, 0.0
+    for row in manifest.itertuples():
+        truth = raw / f"{row.clip_id}.truth.json"
+        if not truth.is_file():
+            continue
+        comparisons.append(compare_clip(truth, processed / row.features_path, row.clip_id))
+        frames += int(row.frames)
+        found += float(row.face_fraction) * int(row.frames)
+    rejected = pd.read_csv(processed / "rejected.csv")
+    metrics = summarize(comparisons, found / frames if frames else 0.0)
+    metrics["clips_rejected"] = len(rejected)
+    return metrics, comparisons
+
+
+def write_report(metrics: dict[str, Any], comparisons: list[ClipComparison], reports: Path) -> None:
+    """Write `metrics.json` and `truth_vs_recovered.png` (see `plot`) into `reports` (created if needed)."""
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "metrics.json", metrics)
+    plot(comparisons, reports / "truth_vs_recovered.png")
+
+
+def check_and_report(raw: Path, processed: Path, reports: Path) -> dict[str, Any]:
+    """`check_corpus(raw, processed)`, then `write_report` into `reports`; returns the metrics."""
+    metrics, comparisons = check_corpus(raw, processed)
+    write_report(metrics, comparisons, reports)
+    return metrics

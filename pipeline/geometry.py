@@ -1,7 +1,7 @@
 """Rotation geometry shared by the whole project (preprocessing in numpy, the face-vid2vid renderer in torch).
 
-This is the project's single rotation helper (SPEC §4: ``x_d = R_d · x_c + t_d + δ_d``; STYLE rule 6). The
-closed-form matrix is written once and evaluated with either numpy or torch, so the two can never disagree.
+This is the project's single rotation helper (method.md §4.1: ``x_d = R_d · x_c + t_d + δ_d``), tested against known
+values. The closed-form matrix is written once and evaluated with either numpy or torch, so the two can never disagree.
 
 Coordinate convention (one for the whole project, consistent with image pixels and mediapipe's landmark z):
 

@@ -1,4 +1,5 @@
-"""Preprocessing (SPEC §1–2): raw talking-head videos -> cropped 25 fps clips, landmarks, coefficients, audio features.
+"""Preprocessing (method.md §1–2): raw talking-head videos -> cropped 25 fps clips, landmarks, coefficients,
+audio features.
 
 Two passes:
 
@@ -68,7 +69,7 @@ VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Fractions of *speakers* per split (SPEC §1: splits are by speaker)."""
+    """Fractions of *speakers* per split (method.md §1.2: splits are by speaker)."""
 
     train: float = 0.75
     val: float = 0.125

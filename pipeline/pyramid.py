@@ -1,4 +1,4 @@
-"""MS-Sync input pyramid (MS-Sync §3.1, Eq. 5; SPEC §6): 7-tap moving average followed by x2 decimation.
+"""MS-Sync input pyramid (MS-Sync §3.1, MS-Sync Eq. 5; method.md §6.2): 7-tap moving average followed by x2 decimation.
 
 One pyramid step maps a sequence ``x^{i-1}`` of length T to ``x^i`` of length ``ceil(T / 2)``::
 
@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-HALF_WIDTH = 3  # k of Eq. 5: the average spans 2k+1 = 7 samples
+HALF_WIDTH = 3  # k of MS-Sync Eq. 5: the average spans 2k+1 = 7 samples
 DECIMATION = 2  # each level halves the sampling rate
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
@@ -38,7 +38,7 @@ def _pool_indices(length: int) -> np.ndarray:
 
 
 def pool(x: ArrayT, dim: int = 0) -> ArrayT:
-    """One pyramid step (Eq. 5) along axis `dim`: 7-tap mean around every second sample, replicate edges.
+    """One pyramid step (MS-Sync Eq. 5) along axis `dim`: 7-tap mean around every second sample, replicate edges.
 
     Args:
         x: NumPy array or torch tensor with time along `dim` (length T >= 1).

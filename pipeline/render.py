@@ -1,6 +1,6 @@
-"""Inference API of the face renderer (SPEC §4; issue 4 scope 4): animate one source face with per-frame motion.
+"""Inference API of the face renderer (method.md §4): animate one source face with per-frame motion.
 
-    renderer = load_renderer("models/renderer/checkpoint.pt")   # written by the pretrain_renderer stage
+    renderer = load_renderer("models/renderer/checkpoint.pt")   # pipeline.models.renderer.renderer; pretrain_renderer
     frames = render(renderer, source_rgb, motion, relation=c_a, batch_size=8)   # (T, H, W, 3) uint8
 
 The motion of frame i is a :class:`~pipeline.models.renderer.keypoints.HeadMotion` row (yaw, pitch, roll as 66-bin
@@ -13,50 +13,15 @@ estimator on a driving video (video-driven).
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, from_dict
 from pipeline.data.corpus import resize_square
 from pipeline.models.renderer.keypoints import HeadMotion, transform_keypoints
-from pipeline.models.renderer.renderer import Renderer, RendererConfig
-from pipeline.train.common import WeightsError, load_checkpoint, load_state_strict
-
-CHECKPOINT_KIND = "renderer"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Weights in
-# ----------------------------------------------------------------------------------------------------------------
-def load_renderer(path: str | os.PathLike[str], frozen: bool = True) -> Renderer:
-    """A trained renderer from a ``renderer`` checkpoint (written by the pretrain_renderer stage), in eval mode.
-
-    The model is rebuilt from the :class:`RendererConfig` stored beside the weights (``config["model"]``), then
-    loaded strictly (the checkpoint holds the Renderer's state dict; the discriminator is not part of it).
-
-    Args:
-        path: checkpoint file (:func:`pipeline.train.common.save_checkpoint` format, kind ``renderer``).
-        frozen: set ``requires_grad = False`` on every parameter (inference); pass False to fine-tune.
-
-    Raises:
-        WeightsError: naming the file when it is missing, of another kind, has no usable config, or its weights do
-            not fit the rebuilt model (with the keys at fault).
-    """
-    state = load_checkpoint(path, CHECKPOINT_KIND)
-    try:
-        cfg = from_dict(RendererConfig, state["config"]["model"], "model")
-    except (KeyError, TypeError, ConfigError) as err:
-        raise WeightsError(f"{Path(path)}: checkpoint config has no usable `model` section ({err})") from err
-    model = Renderer(cfg)
-    load_state_strict(model, state["model"], str(path))
-    model.eval()
-    if frozen:
-        model.requires_grad_(False)
-    return model
+from pipeline.models.renderer.renderer import Renderer, load_renderer
+from pipeline.viz import to_uint8
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,12 +96,6 @@ def motion_rows(motion: HeadMotion, start: int, stop: int, device: torch.device 
 # ----------------------------------------------------------------------------------------------------------------
 # render
 # ----------------------------------------------------------------------------------------------------------------
-def to_uint8(prediction: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded)."""
-    x = prediction.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)  # (B, 3, H, W)
-    return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-
-
 def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: HeadMotion, *,
            source_motion: HeadMotion | None = None, relation: torch.Tensor | None = None, batch_size: int = 8,
            device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
@@ -236,5 +195,5 @@ def identity_motion(source_motion: HeadMotion, frames: int) -> HeadMotion:
     return type(source_motion)(**fields)
 
 
-__all__ = ["CHECKPOINT_KIND", "identity_motion", "load_renderer", "motion_length", "motion_rows", "render", "to_uint8",
-           "source_tensor"]
+# load_renderer (defined beside the Renderer class) is re-exported: loading and rendering are one API for users.
+__all__ = ["identity_motion", "load_renderer", "motion_length", "motion_rows", "render", "source_tensor"]

@@ -1,11 +1,18 @@
-"""Small report figures: contact sheets of crops with landmarks."""
+"""Report figures and image conversion: landmarks drawn on crops, contact sheets, training curves, uint8 frames."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from pipeline.io import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 # 68-point iBUG groups, drawn as polylines (closed for eyes and lips).
 LANDMARK_GROUPS: tuple[tuple[int, int, bool], ...] = (
@@ -49,8 +56,53 @@ def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], columns: i
 def save_png(path: str | Path, image: np.ndarray) -> None:
     import cv2
 
-    from pipeline.io import atomic_path
-
     with atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {path}")
+
+
+def to_uint8(prediction: "torch.Tensor") -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 (rounded): the one conversion of generated frames."""
+    import torch
+
+    x = prediction.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)  # (B, 3, H, W)
+    return x.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+
+
+class Curves(Protocol):
+    """Anything with named scalar series over steps (e.g. :class:`pipeline.train.common.History`)."""
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def plot_curves(history: Curves, path: str | os.PathLike[str], panels: Mapping[str, Sequence[str]],
+                title: str = "", smooth: int = 1) -> None:
+    """One panel per entry ``{panel title: [series names]}``; `smooth` > 1 overlays a moving average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.4), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            s, v = history.series(key)
+            if not len(s):
+                continue
+            if smooth > 1 and len(v) > smooth:
+                ax.plot(s, v, alpha=0.25)
+                k = np.ones(smooth) / smooth
+                ax.plot(s[smooth - 1:], np.convolve(v, k, mode="valid"), label=key, color=ax.lines[-1].get_color())
+            else:
+                ax.plot(s, v, marker="." if len(v) < 40 else None, label=key)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -160,3 +160,54 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         elif isinstance(v, (int, float)):
             out[k] = float(v)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training stages: one shape for all of them
+# ----------------------------------------------------------------------------------------------------------------
+class TrainRun(Protocol):
+    """What a training entry point returns (see :mod:`pipeline.train.common`)."""
+
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def training_parser(stage: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser every training stage shares: --processed, --out, --reports, --no-progress, --params,
+    --no-track, -v. A stage adds its own inputs (e.g. --tavc) before parsing."""
+    head, _, rest = doc.partition("\n\n")
+    p = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=head, epilog=rest,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processed", type=Path, required=True, help="output folder of the preprocess stage")
+    p.add_argument("--out", type=Path, required=True,
+                   help="model folder (checkpoint.pt is written there, and resumed after a kill)")
+    p.add_argument("--reports", type=Path, default=Path("reports") / stage,
+                   help=f"report folder (default: reports/{stage})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_args(p)
+    return p
+
+
+def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T],
+                       train: Any, inputs: Sequence[Path] = (), **train_inputs: Any) -> tuple[T, TrainRun]:
+    """argv + params -> one library call -> MLflow: the body of every training stage.
+
+    Loads the `common` and `<stage>` params sections, opens the stage's MLflow run, calls
+    ``train(cfg, common.seed, processed=..., out=..., reports=..., tracker=..., progress=..., **train_inputs)``
+    (which writes the model and the report folder), then logs the numeric metrics and the report files.
+
+    Args:
+        inputs: files whose content hash is the run's data version besides ``<processed>/manifest.parquet``.
+    """
+    setup_logging(args.verbose)
+    params = load_params(args.params)
+    common = load_common(params, args.params)
+    cfg = load_section(params, stage, config_cls, args.params)
+    versioned = [args.processed / "manifest.parquet", *inputs]
+    with tracked_stage(stage, args, {"common": common, stage: cfg}, versioned) as tracker:
+        run = train(cfg, common.seed, processed=args.processed, out=args.out, reports=args.reports, tracker=tracker,
+                    progress=not args.no_progress, **train_inputs)
+        tracker.log_metrics(numeric_metrics(run.metrics))
+        log_report_folder(tracker, args.reports)
+    log.info("%s: %.1f s of training", stage, run.seconds)
+    return cfg, run

@@ -18,11 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-
-import numpy as np
-
-from pipeline.io import load_npz, write_json
-from pipeline.preprocess import NoUsableClips, PreprocessConfig, run_preprocess
+from pipeline.preprocess import NoUsableClips, PreprocessConfig
+from pipeline.preprocess_report import preprocess_and_report
 from stages import common as sc
 
 log = logging.getLogger("tavce.preprocess")
@@ -56,63 +53,6 @@ def _weights_dir(cfg: PreprocessConfig) -> str | None:
     return os.path.join(torch_home, "hub", "checkpoints")
 
 
-SAMPLE_SECONDS = 10  # length cap of the sample video
-
-
-def write_contact_sheet(out_dir: Path, path: Path, max_clips: int = 18) -> None:
-    """First frame of up to `max_clips` clips (one per speaker first) with their 68 landmarks drawn."""
-    import pandas as pd
-
-    from pipeline import media, viz
-
-    manifest_path = out_dir / "manifest.parquet"
-    manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else pd.DataFrame()
-    if manifest.empty:
-        return
-    firsts = manifest.groupby("speaker", sort=True).head(1)
-    rest = manifest.drop(firsts.index)
-    pick = pd.concat([firsts, rest]).head(max_clips)
-    tiles, labels = [], []
-    for row in pick.itertuples():
-        lms = load_npz(out_dir / row.features_path)["landmarks"]  # (T, 68, 3)
-        k = len(lms) // 2
-        frame = media.read_frames(out_dir / row.clip_path, k, 1, fps=int(row.fps))[0]
-        tiles.append(viz.draw_landmarks(frame, lms[k]))
-        labels.append(f"{row.clip_id} [{row.split}]")
-    viz.save_png(path, viz.contact_sheet(tiles, labels))
-
-
-def write_sample_video(out_dir: Path, reports: Path) -> None:
-    """One clip (the first of the test split, else the first; at most `SAMPLE_SECONDS`) with its 68 landmarks and
-    head angles drawn, with its audio: `sample_landmarks.mp4`, and a small `sample_landmarks.gif` for MLflow."""
-    import cv2
-    import pandas as pd
-
-    from pipeline import media, viz
-    from pipeline.geometry import DEG_PER_RAD
-
-    manifest_path = out_dir / "manifest.parquet"
-    manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else pd.DataFrame()
-    if manifest.empty:
-        return
-    test = manifest[manifest.split == "test"]
-    row = (test if len(test) else manifest).iloc[0]
-    feats = load_npz(out_dir / row.features_path)
-    frames = media.read_frames(out_dir / row.clip_path, 0, SAMPLE_SECONDS * int(row.fps), fps=int(row.fps))
-    n = min(len(frames), len(feats["landmarks"]))
-    drawn = np.empty_like(frames[:n])
-    for t in range(n):
-        img = viz.draw_landmarks(frames[t], feats["landmarks"][t])
-        yaw, pitch, roll = feats["coeffs"][t, 64:67] * DEG_PER_RAD
-        cv2.putText(img, f"yaw {yaw:+5.1f} pitch {pitch:+5.1f} roll {roll:+5.1f}", (4, 14),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        drawn[t] = img
-    wav = feats["wav"][: round(n * int(row.sample_rate) / int(row.fps))]
-    media.write_video(reports / "sample_landmarks.mp4", drawn, fps=int(row.fps), audio=wav,
-                      sample_rate=int(row.sample_rate))
-    media.video_to_gif(reports / "sample_landmarks.mp4", reports / "sample_landmarks.gif")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sc.setup_logging(args.verbose)
@@ -133,14 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with sc.tracked_stage("preprocess", args, {"common": common, "preprocess": cfg}, [args.raw]) as tracker:
         try:
-            summary = run_preprocess(args.raw, args.out, cfg, common, weights_dir=_weights_dir(cfg))
+            summary = preprocess_and_report(args.raw, args.out, args.reports, cfg, common,
+                                            weights_dir=_weights_dir(cfg))
         except (FileNotFoundError, NoUsableClips) as err:  # a message, not a traceback
             raise SystemExit(f"preprocess: {err}") from err
         metrics = summary.metrics()
-        args.reports.mkdir(parents=True, exist_ok=True)
-        write_json(args.reports / "metrics.json", metrics)
-        write_contact_sheet(args.out, args.reports / "contact_sheet.png")
-        write_sample_video(args.out, args.reports)
         tracker.log_metrics(sc.numeric_metrics(metrics))
         sc.log_report_folder(tracker, args.reports)
         for name in ("manifest.parquet", "rejected.csv"):

@@ -13,10 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
-from pipeline.io import write_json
-from pipeline import extractor_check as check
+from pipeline.extractor_check import check_and_report
 from stages import common as sc
 
 log = logging.getLogger("tavce.synth_check")
@@ -34,21 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     common = sc.load_common(params, args.params)
 
     with sc.tracked_stage("synth_check", args, {"common": common}, [args.processed / "manifest.parquet"]) as tracker:
-        manifest = pd.read_parquet(args.processed / "manifest.parquet")
-        comparisons, frames, found = [], 0, 0.0
-        for row in manifest.itertuples():
-            truth = args.raw / f"{row.clip_id}.truth.json"
-            if not truth.is_file():
-                continue
-            comparisons.append(check.compare_clip(truth, args.processed / row.features_path, row.clip_id))
-            frames += int(row.frames)
-            found += float(row.face_fraction) * int(row.frames)
-        rejected = pd.read_csv(args.processed / "rejected.csv")
-        metrics = check.summarize(comparisons, found / frames if frames else 0.0)
-        metrics["clips_rejected"] = int(len(rejected))
-        args.reports.mkdir(parents=True, exist_ok=True)
-        write_json(args.reports / "metrics.json", metrics)
-        check.plot(comparisons, args.reports / "truth_vs_recovered.png")
+        metrics = check_and_report(args.raw, args.processed, args.reports)
         tracker.log_metrics(sc.numeric_metrics(metrics))
         sc.log_report_folder(tracker, args.reports)
     log.info("synth_check: %s", {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})

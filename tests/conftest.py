@@ -22,6 +22,18 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"{tool} not found: run the tests with `bash scripts/run.sh test`")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`requires_cuda` tests are skipped, with the reason shown, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="requires_cuda: no CUDA device on this machine")
+    for item in items:
+        if "requires_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import extractor_check as check
 from pipeline.config import CommonConfig
 from pipeline.faces.coeffs import fit_pose
 from pipeline.faces.landmarks import make_backend
 from pipeline.preprocess import PreprocessConfig, run_preprocess
-from pipeline import extractor_check as check
 from pipeline.synth.corpus import SynthConfig, generate_corpus
 from pipeline.synth.face import FaceRenderer, sample_appearance
 
@@ -85,3 +85,73 @@ def test_preprocessing_recovers_synthetic_truth(tmp_path: Path) -> None:
     assert m["yaw_r"] > 0.85, m
     assert m["roll_r"] > 0.8, m
     assert m["yaw_mae_deg_unbiased"] < 4.0, m
+
+
+def _fake_clip(raw: Path, processed: Path, clip_id: str, n: int, seed: int, *, sidecar: bool = True,
+               yaw_offset: float = 0.0) -> None:
+    """A preprocessed clip whose recovered quantities are its truth (yaw shifted by `yaw_offset` rad), at 25 fps."""
+    import json
+
+    from pipeline.faces.coeffs import TEMPLATE_IOD
+    from pipeline.io import save_npz
+
+    rng = np.random.default_rng(seed)
+    q = {k: rng.uniform(-0.3, 0.3, n) for k in ("yaw", "pitch", "roll")}  # radians
+    q["mouth_open"] = rng.uniform(0.0, 0.5, n)
+    coeffs = np.zeros((n, 73), np.float64)  # (T, 73)
+    coeffs[:, 64], coeffs[:, 65], coeffs[:, 66] = q["yaw"] + yaw_offset, q["pitch"], q["roll"]
+    aligned = np.zeros((n, 68, 3))  # (T, 68, 3)
+    aligned[:, 66, 1] = q["mouth_open"] * TEMPLATE_IOD  # inner-lip gap |p62 - p66|
+    save_npz(processed / "features" / f"{clip_id}.npz", coeffs=coeffs, aligned=aligned, fps=np.array(25))
+    if sidecar:
+        (raw / clip_id).parent.mkdir(parents=True, exist_ok=True)
+        truth = {"fps": 25, "frames": {k: v.tolist() for k, v in q.items()}}
+        (raw / f"{clip_id}.truth.json").write_text(json.dumps(truth))
+
+
+def _fake_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """3 clips (one without a sidecar, as a real video would be) and 2 rejected videos."""
+    import pandas as pd
+
+    raw, processed = tmp_path / "raw", tmp_path / "processed"
+    clips = [("s0/a", 40, 1.0, True), ("s1/b", 60, 0.5, True), ("s2/c", 30, 0.9, False)]  # id, frames, face, sidecar
+    for i, (cid, n, _, sidecar) in enumerate(clips):
+        _fake_clip(raw, processed, cid, n, seed=i, sidecar=sidecar, yaw_offset=0.1)
+    pd.DataFrame({"clip_id": [c[0] for c in clips], "features_path": [f"features/{c[0]}.npz" for c in clips],
+                  "frames": [c[1] for c in clips], "face_fraction": [c[2] for c in clips]}
+                 ).to_parquet(processed / "manifest.parquet")
+    pd.DataFrame({"clip_id": ["x", "y"], "source": ["x.mp4", "y.mp4"], "reason": ["no_face", "too_short"],
+                  "message": ["m", "m"]}).to_csv(processed / "rejected.csv", index=False)
+    return raw, processed
+
+
+def test_check_corpus_compares_clips_with_sidecars(tmp_path: Path) -> None:
+    from pipeline.geometry import DEG_PER_RAD
+
+    raw, processed = _fake_corpus(tmp_path)
+    metrics, comps = check.check_corpus(raw, processed)
+    assert [c.clip_id for c in comps] == ["s0/a", "s1/b"]  # manifest order, the clip without a sidecar skipped
+    assert list(metrics)[:3] == ["clips_checked", "face_found_fraction", "frames_checked"]
+    assert list(metrics)[-1] == "clips_rejected"
+    assert (metrics["clips_checked"], metrics["frames_checked"], metrics["clips_rejected"]) == (2, 100, 2)
+    assert metrics["face_found_fraction"] == pytest.approx((40 * 1.0 + 60 * 0.5) / 100)  # frame-weighted
+    for q in check.QUANTITIES:
+        assert metrics[f"{q}_r"] == pytest.approx(1.0) and metrics[f"{q}_r_clip_median"] == pytest.approx(1.0)
+    assert metrics["yaw_bias_deg"] == pytest.approx(0.1 * DEG_PER_RAD)
+    assert metrics["yaw_mae_deg"] == pytest.approx(0.1 * DEG_PER_RAD)
+    assert metrics["yaw_mae_deg_unbiased"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["roll_mae_deg"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_check_and_report_writes_metrics_and_plot(tmp_path: Path) -> None:
+    import json
+
+    raw, processed = _fake_corpus(tmp_path)
+    metrics = check.check_and_report(raw, processed, tmp_path / "rep")
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert (tmp_path / "rep" / "truth_vs_recovered.png").stat().st_size > 0
+    for f in raw.rglob("*.truth.json"):  # a real dataset: no sidecars, zero clips checked, a placeholder plot
+        f.unlink()
+    metrics = check.check_and_report(raw, processed, tmp_path / "real")
+    assert metrics == {"clips_checked": 0, "face_found_fraction": 0.0, "frames_checked": 0, "clips_rejected": 2}
+    assert (tmp_path / "real" / "truth_vs_recovered.png").is_file()

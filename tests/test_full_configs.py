@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from pipeline.config import CommonConfig, from_dict
+from pipeline.models import count_parameters
 from pipeline.models.syncer import Syncer
 from pipeline.models.tavc import TAVC
-from pipeline.train.common import count_parameters
 from pipeline.train.syncers import TrainSyncersConfig, build_syncers, syncer_config
 from pipeline.train.syncnet import TrainSyncNetConfig, build_model
 from pipeline.train.renderer import TrainRendererConfig
@@ -98,7 +98,8 @@ def test_small_configs_are_much_smaller(section: str) -> None:
 
 @torch.no_grad()
 def test_full_renderer_is_sadtalkers_face_vid2vid_plus_cerl() -> None:
-    """Parameter counts of SadTalker's public renderer (SPEC §4, measured there) plus CERL; one 256 x 256 frame."""
+    """Parameter counts of SadTalker's public renderer (method.md §4.4, measured there) plus CERL; one 256 x 256
+    frame."""
     from pipeline.models.renderer.keypoints import transform_keypoints
     from pipeline.models.renderer.renderer import Renderer, build_discriminator
 
@@ -112,7 +113,7 @@ def test_full_renderer_is_sadtalkers_face_vid2vid_plus_cerl() -> None:
     assert count_parameters(r.generator.dense_motion_network) == 43_545_549
     assert count_parameters(r.kp_detector) == 41_940_047
     assert count_parameters(r.he_estimator) == 30_254_838
-    assert count_parameters(r.cerl) == 131_200  # Eq. 5: 1x1 512->128 (+bias) and 1x1 128->512 (no bias)
+    assert count_parameters(r.cerl) == 131_200  # TAVCE Eq. 5: 1x1 512->128 (+bias) and 1x1 128->512 (no bias)
     assert count_parameters(build_discriminator(cfg.model)) == 2_758_849
     src = torch.rand(1, 3, 256, 256)
     kp_c = r.canonical_keypoints(src)
@@ -120,3 +121,34 @@ def test_full_renderer_is_sadtalkers_face_vid2vid_plus_cerl() -> None:
     out = r(src, kp, kp, torch.randn(1, 128, 128))
     assert out.prediction.shape == (1, 3, 256, 256) and torch.isfinite(out.prediction).all()
     assert out.deformation.shape == (1, 16, 64, 64, 3) and out.occlusion.shape == (1, 1, 64, 64)
+
+
+# Settings of the machine a run happens on, not of the method: their defaults suit a CPU, the full config a GPU box.
+RUN_ENVIRONMENT_KEYS = {"device", "workers", "threads", "cache_mb", "roi_cache_mb", "prefetch_frames"}
+
+
+def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_config_defaults_are_the_full_configuration(section: str) -> None:
+    """One place per number: a training config either has no defaults (its values come from params only) or its
+    defaults are exactly configs/params.full.yaml (the papers' sizes and schedules), run-environment keys aside."""
+    from dataclasses import MISSING, fields
+
+    from pipeline.config import to_dict
+
+    cls = SECTIONS[section]
+    if any(f.default is MISSING and f.default_factory is MISSING for f in fields(cls)):
+        return  # no defaults: params only
+    defaults = _flat(to_dict(cls()))
+    full = _flat(to_dict(from_dict(cls, FULL[section], section)))
+    differ = {k: (defaults[k], full[k]) for k in full
+              if defaults[k] != full[k] and k.split(".")[-1] not in RUN_ENVIRONMENT_KEYS}
+    assert not differ, f"{section}: dataclass default vs configs/params.full.yaml: {differ}"

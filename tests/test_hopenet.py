@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.checkpoint import WeightsError
 from pipeline.models.hopenet import NUM_BINS, Hopenet, load_hopenet
-from pipeline.train.common import WeightsError
 
 
 def test_hopenet_loads_the_public_layout_and_is_frozen(tmp_path):

@@ -140,6 +140,36 @@ def test_outputs_resampled_and_consistent(bad_input_run: tuple[Path, Path, dict]
     assert any(v.shape[0] == 64 for v in basis.values() if v.ndim == 2)
 
 
+def test_write_reports_on_a_preprocessed_corpus(bad_input_run: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    import json
+
+    from pipeline import media
+    from pipeline.preprocess_report import write_reports
+
+    _, out, metrics = bad_input_run
+    rep = tmp_path / "rep"
+    write_reports(out, rep, metrics)
+    assert json.loads((rep / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert (rep / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    sample = manifest[manifest.split == "test"].iloc[0] if (manifest.split == "test").any() else manifest.iloc[0]
+    video = media.read_video(rep / "sample_landmarks.mp4")
+    assert abs(len(video) - int(sample.frames)) <= 1 and video.frames.shape[1:] == (128, 128, 3)
+    assert (rep / "sample_landmarks.gif").read_bytes()[:4] == b"GIF8"
+    write_reports(tmp_path / "no_outputs", tmp_path / "rep2", {"clips_out": 0})  # no manifest: metrics only
+    assert sorted(p.name for p in (tmp_path / "rep2").iterdir()) == ["metrics.json"]
+
+
+def test_preprocess_and_report_fails_before_writing_reports(tmp_path: Path) -> None:
+    from pipeline.preprocess import NoUsableClips
+    from pipeline.preprocess_report import preprocess_and_report
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoUsableClips):
+        preprocess_and_report(tmp_path / "empty", tmp_path / "out", tmp_path / "rep", CFG, COMMON, progress=False)
+    assert not (tmp_path / "rep").exists()
+
+
 def _make_corpus(raw: Path, speakers: list[str]) -> None:
     for i, spk in enumerate(speakers):
         frames = mediagen.face_frames(40 + 5 * i, amplitude=4.0 + i)

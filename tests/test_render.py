@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoint import WeightsError, save_checkpoint
 from pipeline.config import to_dict
 from pipeline.models.renderer import (AppearanceConfig, CERLConfig, DenseMotionConfig, DiscriminatorConfig,
                                       GeneratorConfig, HeadMotion, HeadPoseConfig, KeypointDetectorConfig, Renderer,
                                       RendererConfig, transform_keypoints)
-from pipeline.render import CHECKPOINT_KIND, identity_motion, load_renderer, render, source_tensor
-from pipeline.train.common import WeightsError, save_checkpoint
+from pipeline.models.renderer.renderer import CHECKPOINT_KIND
+from pipeline.render import identity_motion, load_renderer, render, source_tensor
 
 S, K, D = 32, 4, 6
 TINY = RendererConfig(
@@ -63,7 +64,7 @@ def _motion(frames: int, seed: int = 1) -> HeadMotion:
 def _relation(frames: int, seed: int = 2) -> torch.Tensor:
     f = torch.randn(frames, 2, D, generator=torch.Generator().manual_seed(seed))
     delta = f[:, 0] - f[:, 1]  # (T, D)
-    return 0.5 * delta[:, :, None] * delta[:, None, :]  # (T, D, D), Eq. 2's rank-1 form
+    return 0.5 * delta[:, :, None] * delta[:, None, :]  # (T, D, D), TAVCE Eq. 2's rank-1 form
 
 
 def _expected(renderer: Renderer, source: np.ndarray, kp_source: torch.Tensor, kp_driving: torch.Tensor,
@@ -171,7 +172,7 @@ def test_load_renderer_round_trip(renderer, source, tmp_path):
 def test_complexity_benchmark_rows_add_up_to_the_whole_renderer():
     from benchmarks.complexity import count_flops, measure, totals
     from pipeline.models.tavc import TAVCConfig
-    from pipeline.train.common import count_parameters
+    from pipeline.models import count_parameters
 
     rows, _ = measure(TINY, TAVCConfig(embed_dim=D, audio_width=0.125, visual_width=0.125), references=False)
     by = {r.key: r for r in rows}

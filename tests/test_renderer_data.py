@@ -12,7 +12,7 @@ from pipeline.audio import mel_windows
 from pipeline.data.corpus import FeatureStore, FrameStore, load_clips, resize_square
 from pipeline.data.renderer import (MIN_EVAL_GAP, RendererDataset, build_eval_set, draw_pair, eval_specs,
                                     to_float_image)
-from pipeline.train.common import step_loader
+from pipeline.data.sampling import step_loader
 
 S = 32
 

@@ -8,13 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pipeline.checkpoint import WeightsError
 from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss,
                                       RandomTransform, RendererLossWeights, TransformConfig, coordinate_grid_2d,
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
                                       keypoint_prior_loss, reconstruction_l1, weighted_total)
 from pipeline.losses.renderer import VGG19_LENGTH, _vgg19_features
-from pipeline.train.common import WeightsError
 
 SMALL = dict(scales=(1.0, 0.5), layer_weights=(1.0, 1.0))  # 2 VGG slices, 2 scales: cheap on 32 px images
 

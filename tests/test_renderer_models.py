@@ -1,6 +1,7 @@
-"""Renderer networks (SPEC §4) and MappingNet (§5) at tiny dimensions: shapes of every module, the keypoint
-transformation against known rotations, pose bins, dense motion at zero motion, CERL (Eq. 5) invariants, the
-discriminator's outputs, SadTalker checkpoint key mapping, and the full-size parameter counts of SPEC §4."""
+"""Renderer networks (method.md §4) and MappingNet (§5) at tiny dimensions: shapes of every module, the keypoint
+transformation against known rotations, pose bins, dense motion at zero motion, CERL (TAVCE Eq. 5) invariants,
+the discriminator's outputs, SadTalker checkpoint key mapping, and the full-size parameter counts of
+method.md §4.4."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import math
 import pytest
 import torch
 
+from pipeline.checkpoint import WeightsError
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.geometry import radians, rotation_matrix
+from pipeline.models import count_parameters
 from pipeline.models.renderer import (CERL, AppearanceConfig, CERLConfig, DenseMotionConfig, DiscriminatorConfig,
                                       GeneratorConfig, HeadMotion, HeadPoseConfig, KeypointDetectorConfig,
                                       MappingConfig, MappingNet, Renderer, RendererConfig, bins_to_degrees,
                                       build_discriminator, load_sadtalker_renderer, sadtalker_layout,
                                       transform_keypoints)
 from pipeline.models.renderer.blocks import make_coordinate_grid
-from pipeline.train.common import WeightsError, count_parameters
 
 K = 5
 TINY = RendererConfig(
@@ -242,7 +244,7 @@ def test_sparse_motion_moves_each_keypoint_back_to_the_source():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CERL (Eq. 5)
+# CERL (TAVCE Eq. 5)
 # ----------------------------------------------------------------------------------------------------------------
 def _cerl_with_weights(mode: str, cf: int = 6, d: int = 4) -> CERL:
     torch.manual_seed(1)
@@ -390,7 +392,7 @@ def test_sadtalker_loading_names_the_bad_key(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Full size (built once, never run): SPEC §4's measurement of SadTalker's public renderer
+# Full size (built once, never run): method.md §4.4's measurement of SadTalker's public renderer
 # ----------------------------------------------------------------------------------------------------------------
 def test_full_size_parameter_counts_match_sadtalker():
     r = Renderer(RendererConfig())

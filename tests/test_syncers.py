@@ -11,20 +11,20 @@ import pytest
 import torch
 import yaml
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.data.corpus import RIGID, CorpusError
+from pipeline.data.sampling import seed_everything
 from pipeline.data.syncers import ClipStreams, SyncerWindows, audio_features, motion_features
-from pipeline.losses.syncers import InfoNCELoss, MultiScaleSyncLoss, TripletLoss
-from pipeline.models.syncer import Syncer, SyncerConfig
+from pipeline.losses.syncers import InfoNCELoss, MultiScaleSyncLoss, TripletLoss, load_pyramid
+from pipeline.models.syncer import Syncer, SyncerConfig, load_syncers
 from pipeline.pyramid import build_pyramid, level_length, level_windows, pool
 from pipeline.tracking import NullTracker
-from pipeline.train.common import load_checkpoint, seed_everything
 from pipeline.train.syncers import (OffsetEvalConfig, PyramidConfig, RigidConfig, SyncerSize, TrainSyncersConfig,
-                                    build_syncers, compare_offsets, load_pyramid, load_syncers, make_loss,
-                                    syncer_specs, train_syncers)
+                                    build_syncers, compare_offsets, make_loss, syncer_specs, train_syncers)
 
 # ---------------------------------------------------------------------------------------------------------------
-# Pyramid (Eq. 5)
+# Pyramid (MS-Sync Eq. 5)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -302,7 +302,8 @@ class InterruptingTracker(NullTracker):
 def trained(processed_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("syncers")
     tracker = NullTracker()
-    result = train_syncers(processed_corpus, out, TINY, seed=0, tracker=tracker, progress=False)
+    result = train_syncers(TINY, 0, processed=processed_corpus, out=out, reports=out / "reports", tracker=tracker,
+                           progress=False)
     return out, result, tracker
 
 
@@ -369,9 +370,11 @@ def test_checkpoint_round_trip(trained):
 def test_resume_after_kill_gives_the_same_weights(trained, processed_corpus, tmp_path):
     out, result, _ = trained
     with pytest.raises(Interrupt):
-        train_syncers(processed_corpus, tmp_path, TINY, 0, InterruptingTracker(100), progress=False)
+        train_syncers(TINY, 0, processed=processed_corpus, out=tmp_path, reports=tmp_path / "r",
+                      tracker=InterruptingTracker(100), progress=False)
     assert load_checkpoint(tmp_path / "checkpoint.pt", "syncers")["step"] == 90  # mid ms2
-    resumed = train_syncers(processed_corpus, tmp_path, TINY, 0, NullTracker(), progress=False)
+    resumed = train_syncers(TINY, 0, processed=processed_corpus, out=tmp_path, reports=tmp_path / "r",
+                            tracker=NullTracker(), progress=False)
     assert resumed.trained_steps == 7 * 60 - 90
     a = load_checkpoint(out / "checkpoint.pt", "syncers")["model"]
     b = load_checkpoint(tmp_path / "checkpoint.pt", "syncers")["model"]
@@ -379,14 +382,16 @@ def test_resume_after_kill_gives_the_same_weights(trained, processed_corpus, tmp
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [r["step"] for r in resumed.history.rows] == [r["step"] for r in result.history.rows]
     # complete checkpoint: evaluate only; other params: train from scratch
-    again = train_syncers(processed_corpus, tmp_path, TINY, 0, NullTracker(), progress=False)
+    again = train_syncers(TINY, 0, processed=processed_corpus, out=tmp_path, reports=tmp_path / "r",
+                          tracker=NullTracker(), progress=False)
     assert again.trained_steps == 0
     assert again.metrics["rigid_offset"] == result.metrics["rigid_offset"]
     # other params: train from scratch. Without the rigid phases the ms syncers must come out identical, i.e. a
     # later phase never touches an earlier syncer (AdamW skips parameters without a gradient, weight decay too).
     import dataclasses
     no_rigid = dataclasses.replace(TINY, rigid=dataclasses.replace(TINY.rigid, steps=0))
-    assert train_syncers(processed_corpus, tmp_path, no_rigid, 0, NullTracker(), progress=False).trained_steps == 240
+    assert train_syncers(no_rigid, 0, processed=processed_corpus, out=tmp_path, reports=tmp_path / "r",
+                         tracker=NullTracker(), progress=False).trained_steps == 240
     c = load_checkpoint(tmp_path / "checkpoint.pt", "syncers")["model"]
     for key in a:
         if key.startswith("ms"):

@@ -13,15 +13,15 @@ import yaml
 from torch import nn
 
 from pipeline.audio import INT16_LOG_ENERGY_OFFSET
+from pipeline.checkpoint import WeightsError
 from pipeline.data.corpus import Clip
 from pipeline.data.syncnet import (SyncClip, SyncPairDataset, audio_input, collate_pairs, face_region, fit_length,
                                    shift_rows, syncnet_audio, video_input)
 from pipeline.losses.syncnet import ContrastiveMarginLoss, pair_distance
-from pipeline.models.syncnet import SyncNet, SyncNetConfig, load_syncnet_v2
+from pipeline.models import count_parameters
+from pipeline.models.syncnet import SyncNet, SyncNetConfig, load_syncnet, load_syncnet_v2
 from pipeline.tracking import NullTracker
-from pipeline.train.common import WeightsError, count_parameters
-from pipeline.train.syncnet import (TrainSyncNetConfig, evaluate_sync, load_trained_syncnet, shuffle_partner,
-                                    train_syncnet)
+from pipeline.train.syncnet import TrainSyncNetConfig, evaluate_sync, shuffle_partner, train_syncnet
 
 TINY = SyncNetConfig(image_size=64, face_region="lower", audio_channels=(8, 8, 8, 8, 8, 16),
                      lip_channels=(8, 8, 8, 8, 8, 16), fc_hidden=16, embed_dim=16)
@@ -139,7 +139,7 @@ def test_small_config_shapes_and_input_checks() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loss (Eq. 2.14)
+# Loss (thesis Eq. 2.14)
 # ----------------------------------------------------------------------------------------------------------------
 def test_contrastive_loss_known_values_and_invariants() -> None:
     loss = ContrastiveMarginLoss(margin=2.0)
@@ -288,25 +288,31 @@ class KillAt(NullTracker):
 @pytest.mark.slow
 def test_training_resumes_to_the_same_weights(processed_corpus: Path, tmp_path: Path) -> None:
     cfg = _train_cfg(eval_every=0)
-    full = train_syncnet(cfg, 0, processed_corpus, tmp_path / "a", NullTracker(), progress=False)
+    full = train_syncnet(cfg, 0, processed=processed_corpus, out=tmp_path / "a", reports=tmp_path / "ra",
+                         tracker=NullTracker(), progress=False)
     assert (tmp_path / "a" / "checkpoint.pt").is_file()
     assert [r["step"] for r in full.history.rows if "loss" in r] == [1, 2, 3, 4]
     assert {"offset_acc_pm1", "synced", "shuffled", "extractor", "targets"} <= set(full.metrics)
     assert full.metrics["shifted_cases"] == 5 * full.metrics["eval_clips"] and full.metrics["eval_clips"] >= 2
 
     with pytest.raises(KeyboardInterrupt):
-        train_syncnet(cfg, 0, processed_corpus, tmp_path / "b", KillAt(3), progress=False)
-    resumed = train_syncnet(cfg, 0, processed_corpus, tmp_path / "b", NullTracker(), progress=False)
+        train_syncnet(cfg, 0, processed=processed_corpus, out=tmp_path / "b", reports=tmp_path / "rb",
+                      tracker=KillAt(3), progress=False)
+    resumed = train_syncnet(cfg, 0, processed=processed_corpus, out=tmp_path / "b", reports=tmp_path / "rb",
+                            tracker=NullTracker(), progress=False)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed.metrics["offset_acc_pm1"] == full.metrics["offset_acc_pm1"]
 
-    model, loaded_cfg = load_trained_syncnet(tmp_path / "a" / "checkpoint.pt")
-    assert loaded_cfg == cfg
+    for name in ("metrics.json", "offsets.csv", "synced_vs_shuffled.csv", "curves.png", "offsets.png"):
+        assert (tmp_path / "ra" / name).is_file(), name
+    model = load_syncnet(tmp_path / "a" / "checkpoint.pt")
+    assert model.cfg == cfg.model and not model.training
     for a, b in zip(model.state_dict().values(), full.model.state_dict().values()):
         assert torch.equal(a, b)
 
-    other = train_syncnet(_train_cfg(lr=2e-3), 0, processed_corpus, tmp_path / "a", NullTracker(), progress=False)
+    other = train_syncnet(_train_cfg(lr=2e-3), 0, processed=processed_corpus, out=tmp_path / "a",
+                          reports=tmp_path / "ra", tracker=NullTracker(), progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(other.model.state_dict().values(),
                                                       full.model.state_dict().values()))
 

@@ -1,5 +1,5 @@
-"""TAVC metric (SPEC §3): relationship matrix and similarity invariants, the Eq. 3/4 loss, encoders and their public
-key layouts, the keyed dataset, and a smoke run of the stage with resume."""
+"""TAVC metric (method.md §3): relationship matrix and similarity invariants, the TAVCE Eq. 3/4 loss, encoders
+and their public key layouts, the keyed dataset, and a smoke run of the stage with resume."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
+from pipeline.checkpoint import WeightsError
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.losses.tavc import TAVCLoss, matrix_cosine, tavc_similarity
+from pipeline.models import count_parameters
 from pipeline.models.audio_encoder import WAV2LIP_AUDIO_LAYERS, AudioEncoder, AudioEncoderConfig
 from pipeline.models.tavc import TAVC, TAVCConfig, load_pretrained, load_tavc, relationship
 from pipeline.models.visual_encoder import IResNet18, ResNet18
-from pipeline.train.common import WeightsError, count_parameters
 from tests.killing import Killed, KillAt
 
 TINY = TAVCConfig(embed_dim=16, audio_width=0.125, visual_backbone="resnet18", visual_width=0.125)
@@ -28,7 +29,7 @@ def _feats(rng: np.random.Generator, b: int = 5, d: int = 12) -> list[torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Eq. 2 and the similarity
+# TAVCE Eq. 2 and the similarity
 # ----------------------------------------------------------------------------------------------------------------
 def test_relationship_is_half_outer_product_of_difference_and_symmetric_in_i_j(rng):
     f_i, f_j, _, _ = _feats(rng)
@@ -199,7 +200,7 @@ def test_iresnet18_has_arcface_keys_and_loads_them(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 def test_draw_positions_respects_tau_and_covers_both_sides():
     from pipeline.data.tavc import draw_positions, min_clip_frames
-    from pipeline.train.common import sample_rng
+    from pipeline.data.sampling import sample_rng
 
     tau, frames = 3, 12
     sides = set()
@@ -311,7 +312,7 @@ def test_loss_decreases_when_overfitting_one_batch(processed_corpus):
 @pytest.mark.slow
 def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
     from pipeline.tracking import NullTracker
-    from pipeline.train.common import load_checkpoint
+    from pipeline.checkpoint import load_checkpoint
     from pipeline.train.tavc import train_tavc
     from stages import train_tavc as stage
 
@@ -342,10 +343,11 @@ def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
     # killed after the step-3 checkpoint, then rerun: resumes and ends with the same weights
     killed = tmp_path / "killed"
     with pytest.raises(Killed):
-        train_tavc(processed_corpus, killed, cfg, 0, KillAt(5), progress=False)
+        train_tavc(cfg, 0, processed=processed_corpus, out=killed, reports=tmp_path / "rk", tracker=KillAt(5),
+                   progress=False)
     assert load_checkpoint(killed / "checkpoint.pt")["step"] == 3
-    resumed = train_tavc(processed_corpus, killed, dataclasses.replace(cfg, workers=1), 0, NullTracker(),
-                         progress=False)
+    resumed = train_tavc(dataclasses.replace(cfg, workers=1), 0, processed=processed_corpus, out=killed,
+                         reports=tmp_path / "rk", tracker=NullTracker(), progress=False)
     assert resumed.metrics["train"]["resumed_from"] == 3
     state_b = load_checkpoint(killed / "checkpoint.pt")
     for k, v in state["model"].items():
@@ -353,18 +355,20 @@ def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
     assert resumed.metrics["heldout"]["pos_sim"] == pytest.approx(h["pos_sim"], abs=1e-6)
 
     # complete checkpoint: evaluated only; the loader gives a frozen eval-mode model
-    again = train_tavc(processed_corpus, full, cfg, 0, NullTracker(), progress=False)
-    assert again.metrics["train"]["resumed_from"] == 6 and again.metrics["train"]["seconds"] == 0.0
+    again = train_tavc(cfg, 0, processed=processed_corpus, out=full, reports=tmp_path / "ra", tracker=NullTracker(),
+                       progress=False)
+    assert again.metrics["train"]["resumed_from"] == 6 and again.seconds == 0.0
     model = load_tavc(full / "checkpoint.pt")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.cfg == TINY
     # other params: trained from scratch, not resumed
-    other = train_tavc(processed_corpus, full, dataclasses.replace(cfg, steps=3), 0, NullTracker(), progress=False)
+    other = train_tavc(dataclasses.replace(cfg, steps=3), 0, processed=processed_corpus, out=full,
+                       reports=tmp_path / "ro", tracker=NullTracker(), progress=False)
     assert other.metrics["train"]["resumed_from"] == 0
 
 
 def test_load_tavc_rejects_other_checkpoints(tmp_path):
-    from pipeline.train.common import save_checkpoint
+    from pipeline.checkpoint import save_checkpoint
 
     model = TAVC(TINY)
     save_checkpoint(tmp_path / "x.pt", kind="syncnet", config={"model": to_dict(TINY)}, model=model, optimizer=None,

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-MOUTH = slice(48, 68)  # 68-point iBUG mouth (outer + inner lip), SPEC §1
+MOUTH = slice(48, 68)  # 68-point iBUG mouth (outer + inner lip), method.md §1
 RIGID = slice(17, 48)  # eyebrows, nose, eyes: the 31 rigid points of MS-Sync's head-motion metric
-MOUTH_BOX_PX = 72  # side of the mouth ROI in a 256 crop (SPEC §1) ...
+MOUTH_BOX_PX = 72  # side of the mouth ROI in a 256 crop (method.md §1) ...
 MOUTH_ROI_SIZE = 112  # ... resized to 112x112
 REFERENCE_CROP = 256  # crop size the 72-px box refers to; other crop sizes scale it
 
@@ -66,6 +66,29 @@ def load_clips(processed: str | os.PathLike[str], splits: Sequence[str] | None =
                           f"{min_frames} frames ({short} shorter ones skipped)")
     return [Clip(r.clip_id, r.speaker, r.split, processed / r.clip_path, processed / r.features_path, int(r.frames))
             for r in df.itertuples()]
+
+
+def load_split_clips(processed: str | os.PathLike[str], train_splits: Sequence[str], eval_splits: Sequence[str],
+                     min_train_frames: int = 1, min_eval_frames: int | None = None) -> tuple[list[Clip], list[Clip]]:
+    """The training clips and the held-out clips of a run, checked to share no speaker.
+
+    Every held-out report of this project is on speakers never trained on; a manifest or a params choice that
+    mixes them fails here, before any training.
+
+    Args:
+        train_splits / eval_splits: manifest splits of each side.
+        min_train_frames / min_eval_frames: shortest usable clip of each side (eval defaults to train's).
+
+    Raises:
+        CorpusError: no manifest, no clip on a side, or speakers on both sides (named).
+    """
+    train = load_clips(processed, train_splits, min_train_frames)
+    held = load_clips(processed, eval_splits, min_train_frames if min_eval_frames is None else min_eval_frames)
+    shared = sorted({c.speaker for c in train} & {c.speaker for c in held})
+    if shared:
+        raise CorpusError(f"{Path(processed) / 'manifest.parquet'}: speakers {shared} are in both "
+                          f"{list(train_splits)} and {list(eval_splits)}; held-out evaluation needs unseen speakers")
+    return train, held
 
 
 class _PerProcessCache:
@@ -133,7 +156,7 @@ class FrameStore(_PerProcessCache):
 
 def mouth_roi(frame: np.ndarray, landmarks: np.ndarray, box: float = MOUTH_BOX_PX, size: int = MOUTH_ROI_SIZE,
               reference: int = REFERENCE_CROP) -> np.ndarray:
-    """SPEC §1 mouth ROI: a `box`-pixel square (for a `reference`-pixel crop; scaled with the actual crop size)
+    """method.md §1 mouth ROI: a `box`-pixel square (for a `reference`-pixel crop; scaled with the actual crop size)
     centred on the median of the 20 mouth landmarks, resized to size x size. Pixels outside the frame repeat the edge.
 
     Args:

@@ -1,4 +1,4 @@
-"""Video-driven pretraining samples of the face renderer (face-vid2vid; SPEC §4 "Pretraining").
+"""Video-driven pretraining samples of the face renderer (face-vid2vid; method.md §4.3).
 
 One sample = two different frames of one clip: the source (appearance and canonical keypoints) and the driving frame
 (pose, expression and the target image), plus the mel windows of driving frames d-1 and d, from which the training
@@ -25,7 +25,7 @@ import torch
 
 from pipeline.audio import mel_windows
 from pipeline.data.corpus import Clip, CorpusError, FeatureStore, FrameStore, resize_square
-from pipeline.train.common import sample_rng
+from pipeline.data.sampling import sample_rng
 
 EVAL_STREAM = 0x7E4D  # first keys of the evaluation pairs' random stream (training uses (step, slot))
 MIN_EVAL_GAP = 5  # frames between source and driving of an evaluation pair (so "output the source" is no answer)

@@ -1,4 +1,4 @@
-"""Training and evaluation data of the MS-Sync syncers (SPEC §6; MS-Sync §3.1, §4.3).
+"""Training and evaluation data of the MS-Sync syncers (method.md §6.2–6.3; MS-Sync §3.1, §4.3).
 
 Streams (computed once per clip, then pyramided with `pipeline.pyramid.build_pyramid`):
 
@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.audio import MFCC_ROWS_PER_VIDEO_FRAME
 from pipeline.data.corpus import Clip, CorpusError, FeatureStore
 from pipeline.pyramid import build_pyramid
-from pipeline.train.common import sample_rng
+from pipeline.data.sampling import sample_rng
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""SyncNet training pairs and evaluation windows (thesis §2.3.1; SPEC §6).
+"""SyncNet training pairs and evaluation windows (thesis §2.3.1; method.md §6.1).
 
 A window k pairs video frames ``[k, k + 5)`` with MFCC rows ``[4k, 4k + 20)`` (syncnet_python's convention,
-:func:`pipeline.audio.mfcc_window`). Training pairs (keyed, see :mod:`pipeline.train.common`):
+:func:`pipeline.audio.mfcc_window`). Training pairs (keyed, see :mod:`pipeline.data.sampling`):
 - positive (y = 1): the video window k with its own audio window k;
 - negative (y = 0): the same video window with the **same clip's** audio at window k + s, ``|s| >= min_shift``,
   so the network must learn timing rather than speaker identity.
@@ -23,11 +23,11 @@ from pipeline.audio import (FPS, INT16_LOG_ENERGY_OFFSET, MFCC_WINDOW_VIDEO_FRAM
                             mfcc_window)
 from pipeline.data.corpus import (Clip, CorpusError, FeatureStore, FrameStore, lower_face, mouth_roi,
                                   resize_square)
-from pipeline.train.common import sample_rng
+from pipeline.data.sampling import sample_rng
 
 WINDOW = MFCC_WINDOW_VIDEO_FRAMES  # 5 video frames per window
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
-MOUTH_REGION_BOX_PX = 96  # side of the `mouth` region in a 256 px crop (SPEC §1's mouth ROI is 72: this adds the chin)
+MOUTH_REGION_BOX_PX = 96  # side of the `mouth` region in a 256 px crop (method.md §1 mouth ROI: 72; this adds the chin)
 
 
 def syncnet_audio(mfcc: np.ndarray) -> np.ndarray:

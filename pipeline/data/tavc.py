@@ -1,8 +1,8 @@
-"""Training and evaluation samples of the TAVC metric (TAVCE paper §III-B; SPEC §3).
+"""Training and evaluation samples of the TAVC metric (TAVCE §III-B; method.md §3.3).
 
 One sample, drawn at a random position i of a random clip:
 - audio: the mel windows of video frames i-1 and i (:func:`pipeline.audio.mel_windows`), (2, 1, 80, 16);
-- video: the mouth ROIs (SPEC §1) of frames i-1, i (positive pair) and j, |j - i| >= τ, of the same clip
+- video: the mouth ROIs (method.md §1) of frames i-1, i (positive pair) and j, |j - i| >= τ, of the same clip
   (negative pair (i-1, j)), (3, 3, 112, 112) in [-1, 1].
 
 Frames are decoded from the cropped clips at the drawn positions (decord, through `FrameStore`) inside DataLoader
@@ -25,7 +25,7 @@ import torch
 from pipeline.audio import mel_windows
 from pipeline.data.corpus import (MOUTH_ROI_SIZE, Clip, CorpusError, FeatureStore, FrameStore, mouth_roi,
                                   to_unit_range)
-from pipeline.train.common import sample_rng
+from pipeline.data.sampling import sample_rng
 
 ROI_BYTES = MOUTH_ROI_SIZE * MOUTH_ROI_SIZE * 3  # one uint8 ROI
 EVAL_STREAM = 0x7A7C  # first key of the evaluation samples' random stream (training uses (step, slot))

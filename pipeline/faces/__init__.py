@@ -1,5 +1,5 @@
 """Face geometry for preprocessing: landmark backends, the mediapipe → iBUG-68 mapping, the fixed clip crop and
-the landmark 3DMM coefficients (SPEC §2).
+the landmark 3DMM coefficients (method.md §2).
 
 Submodules (imported explicitly; `landmarks` pulls in mediapipe / face_alignment only when a backend is built):
 - `pipeline.faces.landmarks` — `FaceTrack`, `make_backend`, iBUG index groups;

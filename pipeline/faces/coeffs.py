@@ -1,4 +1,4 @@
-"""Landmark 3DMM: rigid pose + PCA expression coefficients from 68-point landmarks (SPEC §2, *resolved*).
+"""Landmark 3DMM: rigid pose + PCA expression coefficients from 68-point landmarks (method.md §2, *resolved*).
 
 BFM / Deep3DFaceRecon cannot be used here, so the 3DMM-style coefficients come from landmarks alone:
 
@@ -17,7 +17,7 @@ BFM / Deep3DFaceRecon cannot be used here, so the 3DMM-style coefficients come f
 4. **Expression basis** (`ExpressionBasis`): PCA of residuals of the training split, 64 components, a versioned
    artifact (npz). Coefficients = projection of a residual on the basis.
 
-The per-frame coefficient vector (`coefficients`, 73 values, SPEC §1 layout; MappingNet uses the first 70):
+The per-frame coefficient vector (`coefficients`, 73 values, method.md §1 layout; MappingNet uses the first 70):
 
 ====== ========================= =========================================================================
 index  name                      definition
@@ -157,7 +157,7 @@ def fit_pose(
         weak_perspective: force the 2D fit (True) or the 3D fit (False); None: 2D iff every z is 0.
         iters: alternation steps of the weak-perspective fit.
         image_size: side S of the (square crop) coordinate frame. If given, the returned translation is
-            ``((tx − S/2)/S, (ty − S/2)/S, tz/S)`` and the scale ``s/S`` (the SPEC coefficient fields 67–70);
+            ``((tx − S/2)/S, (ty − S/2)/S, tz/S)`` and the scale ``s/S`` (the method.md §1 coefficient fields 67–70);
             otherwise both are in pixels. `aligned` and the angles do not depend on it.
     Returns:
         `PoseFit` (NaN rows where landmarks are missing).
@@ -226,7 +226,7 @@ def mouth_opening(aligned: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ExpressionBasis:
-    """PCA basis of expression residuals (the "expression" part of the landmark 3DMM; SPEC §2).
+    """PCA basis of expression residuals (the "expression" part of the landmark 3DMM; method.md §2).
 
     Attributes:
         mean: (204,) mean residual of the fitting set.

@@ -1,4 +1,4 @@
-"""Temporal box smoothing and the fixed per-clip face crop (FOMM / SadTalker style, SPEC §2).
+"""Temporal box smoothing and the fixed per-clip face crop (FOMM / SadTalker style, method.md §2).
 
 Coordinates are continuous pixel coordinates with the *corner* convention: pixel (i, j) covers
 [j, j+1) × [i, i+1) in (x, y); x right, y down (the convention of `pipeline.geometry`). Detector boxes

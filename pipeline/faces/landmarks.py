@@ -1,4 +1,4 @@
-"""Per-frame face detection + 68-point landmarks behind one backend interface (SPEC §2, "Landmarks backends").
+"""Per-frame face detection + 68-point landmarks behind one backend interface (method.md §2, "Landmark backends").
 
 Backends (`make_backend`):
 - ``mediapipe`` (default, offline): BlazeFace detection (`mp.solutions.face_detection`) for boxes, scores and the
@@ -38,7 +38,7 @@ NOSE_BRIDGE, NOSE_BASE = tuple(range(27, 31)), tuple(range(31, 36))
 RIGHT_EYE, LEFT_EYE = tuple(range(36, 42)), tuple(range(42, 48))
 OUTER_LIP, INNER_LIP = tuple(range(48, 60)), tuple(range(60, 68))
 MOUTH = tuple(range(48, 68))
-RIGID_EYES_BROWS_NOSE = tuple(range(17, 48))  # SPEC §1 "rigid" points
+RIGID_EYES_BROWS_NOSE = tuple(range(17, 48))  # method.md §1 "rigid" points
 
 # Index permutation of a horizontally mirrored face: mirrored[k] = original[MIRROR_68[k]] (x negated).
 MIRROR_68: tuple[int, ...] = (

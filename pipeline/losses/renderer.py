@@ -1,4 +1,4 @@
-"""Training losses of the face renderer: face-vid2vid's video-driven pretraining objective (SPEC §4).
+"""Training losses of the face renderer: face-vid2vid's video-driven pretraining objective (method.md §4.3).
 
 Every term is a small callable on tensors (never on models), so the training loop decides what it feeds them:
 
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.checkpoint import load_state_strict, map_keys, read_weight_file
 from pipeline.models.renderer.blocks import AntiAliasInterpolation2d, make_coordinate_grid
-from pipeline.train.common import load_state_strict, map_keys, read_weight_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -418,11 +418,11 @@ def reconstruction_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RendererLossWeights:
-    """Weights of the generator-side terms (defaults: face-vid2vid, SPEC §4).
+    """Weights of the generator-side terms (defaults: face-vid2vid, method.md §4.3).
 
     The perceptual weight multiplies :class:`PerceptualPyramidLoss`, whose per-layer `layer_weights` are relative:
     the effective weight of VGG layer l is ``perceptual · layer_weights[l]`` (face-vid2vid: 10 · 1 for each of the
-    5 layers). `head_pose` must be 0 when no pretrained pose network is available (SPEC §4). `l1` is not part of
+    5 layers). `head_pose` must be 0 when no pretrained pose network is available (method.md §4.3). `l1` is not part of
     face-vid2vid (0 at full size); small CPU configs may use it to converge faster.
     """
 

@@ -1,26 +1,30 @@
-"""Losses of the MS-Sync syncers (MS-Sync §3.1, §4.3; SPEC §6).
+"""Losses of the MS-Sync syncers (MS-Sync §3.1, §4.3; method.md §6.2–6.3).
 
-- `InfoNCELoss` trains the syncer pyramid (Eq. 2, with the ``log`` that the paper's Eq. 2 lacks, SPEC §8).
+- `InfoNCELoss` trains the syncer pyramid (MS-Sync Eq. 2, with the ``log`` that the printed MS-Sync Eq. 2 lacks,
+  method.md §8).
 - `TripletLoss` trains the rigid-motion syncers of the AV-offset metric (MS-Sync §4.3).
-- `MultiScaleSyncLoss` is the frozen-syncer sync loss for motion generation (Eq. 6/7), differentiable in the motion.
+- `MultiScaleSyncLoss` is the frozen-syncer sync loss for motion generation (MS-Sync Eq. 6/7), differentiable in the
+  motion.
 
 Scores follow `pipeline.models.syncer.Syncer`: (B, 1 + N) cosines, the positive pair in column 0.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.syncer import Syncer
+from pipeline.checkpoint import WeightsError
+from pipeline.models.syncer import Syncer, load_syncers
 from pipeline.pyramid import build_pyramid, level_windows
 
 
 class InfoNCELoss(nn.Module):
-    """Eq. 2: ``L = -E_X log( e^{S(a,x)/tau} / (e^{S(a,x)/tau} + sum_n e^{S(a,x_n)/tau}) )``.
+    """MS-Sync Eq. 2: ``L = -E_X log( e^{S(a,x)/tau} / (e^{S(a,x)/tau} + sum_n e^{S(a,x_n)/tau}) )``.
 
     Args:
         temperature: tau; the paper uses none (tau = 1). Cosines lie in [-1, 1], so with tau = 1 the best
@@ -73,15 +77,15 @@ def distance_from_score(scores: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
 
 
 class MultiScaleSyncLoss(nn.Module):
-    """Multi-scale AV sync loss, Eq. 6/7: ``L_AV^MS = sum_i -E_t S^i(a^i_t, x^i_t)``.
+    """Multi-scale AV sync loss, MS-Sync Eq. 6/7: ``L_AV^MS = sum_i -E_t S^i(a^i_t, x^i_t)``.
 
     The syncers are frozen (no gradient to their weights); the loss is differentiable with respect to the motion.
     Both inputs are pyramided with `pipeline.pyramid.build_pyramid` and every window (stride 1) of each level
     is scored.
 
     Args:
-        syncers: S^1 .. S^L, one per level, finest first (e.g. `pipeline.train.syncers.load_pyramid`).
-        weights: optional per-level weights (default 1 each, as in Eq. 6).
+        syncers: S^1 .. S^L, one per level, finest first (e.g. from :func:`load_pyramid`).
+        weights: optional per-level weights (default 1 each, as in MS-Sync Eq. 6).
     """
 
     def __init__(self, syncers: Sequence[Syncer], weights: Sequence[float] | None = None) -> None:
@@ -102,7 +106,7 @@ class MultiScaleSyncLoss(nn.Module):
         return self
 
     def terms(self, audio: torch.Tensor, motion: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level ``L^i = -E_t S^i`` (Eq. 7).
+        """Per-level ``L^i = -E_t S^i`` (MS-Sync Eq. 7).
 
         Args:
             audio: (B, Ta, 26) normalised log filterbank (`pipeline.data.syncers.audio_features`), 100 Hz.
@@ -130,3 +134,12 @@ class MultiScaleSyncLoss(nn.Module):
     def forward(self, audio: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         """Scalar ``sum_i w_i L^i`` (see `terms`)."""
         return sum(w * t for w, t in zip(self.weights, self.terms(audio, motion)))
+
+
+def load_pyramid(path: str | os.PathLike[str], *, device: str = "cpu") -> MultiScaleSyncLoss:
+    """The multi-scale sync loss with the frozen ``ms1..msL`` syncers of a ``syncers`` checkpoint (train_syncers)."""
+    syncers = load_syncers(path, device=device)
+    names = sorted((n for n in syncers if n.startswith("ms")), key=lambda n: int(n[2:]))
+    if not names:
+        raise WeightsError(f"{path}: no ms* syncers")
+    return MultiScaleSyncLoss([syncers[n] for n in names])

@@ -1,7 +1,7 @@
-"""TAVC metric similarity ⟨C^a, C^v⟩ and the training loss of Eq. 3/4 (TAVCE paper §III-B; SPEC §3).
+"""TAVC metric similarity ⟨C^a, C^v⟩ and the training loss of TAVCE Eq. 3/4 (TAVCE §III-B; method.md §3.3).
 
-``⟨C, C'⟩`` is the cosine of the flattened 128 x 128 relationship matrices. With ``C = ½ Δ Δᵀ`` (Eq. 2 as resolved,
-Δ = f_i - f_j) it reduces to
+``⟨C, C'⟩`` is the cosine of the flattened 128 x 128 relationship matrices. With ``C = ½ Δ Δᵀ`` (TAVCE Eq. 2 as
+resolved, Δ = f_i - f_j) it reduces to
 
     cos(vec C^a, vec C^v) = (Δaᵀ Δv)² / (|Δa|² |Δv|²) = cos²(Δa, Δv)  ∈ [0, 1],
 
@@ -31,7 +31,7 @@ def tavc_similarity(fa_i: torch.Tensor, fa_j: torch.Tensor, fv_i: torch.Tensor, 
     """``⟨C^a_{i,j}, C^v_{i,j}⟩`` of audio features (fa_i, fa_j) and visual features (fv_i, fv_j), each (B, D) -> (B,).
 
     Args:
-        explicit: build the (B, D, D) matrices of Eq. 2 and take their cosine (reference form) instead of the
+        explicit: build the (B, D, D) matrices of TAVCE Eq. 2 and take their cosine (reference form) instead of the
             equal, cheaper ``cos²(Δa, Δv)``.
     """
     if explicit:
@@ -46,7 +46,7 @@ class TAVCLossOutput:
     """Loss of one batch and the per-sample similarities it was computed from.
 
     Attributes:
-        loss: scalar, mean over the batch of Eq. 3.
+        loss: scalar, mean over the batch of TAVCE Eq. 3.
         pos: (B,) ``⟨C^a_{i-1,i}, C^v_{i-1,i}⟩`` (positive pairs).
         neg: (B,) ``⟨C^a_{i-1,i}, C^v_{i-1,j}⟩`` (negative pairs, |j - i| >= τ).
     """
@@ -57,13 +57,14 @@ class TAVCLossOutput:
 
 
 class TAVCLoss:
-    """Eq. 3/4: ``ℓ_i = [1 - ⟨C^a_{i-1,i}, C^v_{i-1,i}⟩] + α · max(0, ⟨C^a_{i-1,i}, C^v_{i-1,j}⟩)``, mean over the batch.
+    """TAVCE Eq. 3/4: ``ℓ_i = [1 - ⟨C^a_{i-1,i}, C^v_{i-1,i}⟩] + α · max(0, ⟨C^a_{i-1,i}, C^v_{i-1,j}⟩)``, mean over
+    the batch.
 
     The paper writes ``[1 + ⟨·⟩]`` for the negative term; the similarity is >= 0, so the hinge equals it up to the
-    constant (SPEC §3).
+    constant (method.md §3.3).
 
     Args:
-        alpha: weight α of the negative term (SPEC: 1).
+        alpha: weight α of the negative term (method.md §3.3: 1).
         explicit: use the explicit 128 x 128 matrix form (for checking; same value, more memory).
     """
 

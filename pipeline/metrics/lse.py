@@ -1,4 +1,4 @@
-"""Offset search between a video and an audio embedding stream: SyncNet's LSE-D / LSE-C / AV offset (SPEC §6).
+"""Offset search between a video and an audio embedding stream: SyncNet's LSE-D / LSE-C / AV offset (method.md §6.1).
 
 The protocol is syncnet_python's ``SyncNetInstance.evaluate`` + ``calc_pdist``:
 - embeddings exist for windows k = 0..N-1 (video frames [k, k+5) and MFCC rows [4k, 4k+20));

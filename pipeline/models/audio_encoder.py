@@ -7,8 +7,9 @@ keys of ``wav2lip.pth`` / ``lipsync_expert.pth`` / SadTalker's checkpoints with 
 (``0.conv_block.0.weight``, ``0.conv_block.1.running_mean``, ...), and a public checkpoint loads strictly
 (see :func:`pipeline.models.tavc.load_pretrained`).
 
-Used by the TAVC metric (SPEC §3, ``E^a`` before its FC -> 128) and meant to be reused by Audio2Coeff / ExpNet (SPEC §5).
-A width multiplier scales every channel count for small CPU configurations; pretrained weights need ``width = 1``.
+Used by the TAVC metric (method.md §3.1, ``E^a`` before its FC -> 128) and meant to be reused by Audio2Coeff /
+ExpNet (method.md §5). A width multiplier scales every channel count for small CPU configurations; pretrained
+weights need ``width = 1``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Hopenet head-pose network (Ruiz et al., 2018), the pose teacher of face-vid2vid's head-pose loss (SPEC §4).
+"""Hopenet head-pose network (Ruiz et al., 2018), the pose teacher of face-vid2vid's head-pose loss (method.md §4.3).
 
 A torchvision ResNet50 trunk whose classifier is replaced by three 66-bin heads (``fc_yaw``, ``fc_pitch``,
 ``fc_roll``; 3° bins from −99° to +96°, decoded by :func:`pipeline.models.renderer.keypoints.bins_to_degrees`).
 Key names follow the public ``hopenet_robust_alpha1.pkl``, so that file loads strictly (its unused
 ``fc_finetune`` layer is dropped). Without such a file there is no pose teacher and the head-pose loss is off
-(weight 0), as SPEC §4 prescribes: a randomly initialised teacher would only inject noise.
+(weight 0), as method.md §4.3 prescribes: a randomly initialised teacher would only inject noise.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.train.common import load_state_strict, map_keys, read_weight_file
+from pipeline.checkpoint import load_state_strict, map_keys, read_weight_file
 
 NUM_BINS = 66
 INPUT_SIZE = 224  # Hopenet's input side

@@ -1,20 +1,27 @@
-"""MS-Sync syncer S^i (MS-Sync §3.1, Eq. 3; SPEC §6): audio and motion 1D-conv encoders, cosine score.
+"""MS-Sync syncer S^i (MS-Sync §3.1, MS-Sync Eq. 3; method.md §6.2): audio and motion 1D-conv encoders, cosine score.
 
 One syncer sees one window of one pyramid level: ``audio_rows`` = 4 x ``window`` log-filterbank rows
 (26 bands) and ``window`` motion steps (landmark coordinates, see `pipeline.data.syncers.motion_features`).
-Both encoders end in an L2 normalisation, so the score ``S(a, x) = e_a(a)^T e_x(x)`` is the cosine of Eq. 3 and
-the L2 distance between embeddings (used by the offset search) is ``sqrt(2 - 2 S)``.
+Both encoders end in an L2 normalisation, so the score ``S(a, x) = e_a(a)^T e_x(x)`` is the cosine of
+MS-Sync Eq. 3 and the L2 distance between embeddings (used by the offset search) is ``sqrt(2 - 2 S)``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.audio import MFCC_ROWS_PER_VIDEO_FRAME, N_FILTERBANK
+from pipeline.checkpoint import load_model
+from pipeline.config import from_dict
+
+CHECKPOINT_KIND = "syncers"  # one checkpoint holds every syncer of the train_syncers stage, by name
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class MotionEncoder(nn.Module):
 
 
 class Syncer(nn.Module):
-    """Syncer S^i of MS-Sync: ``S(a, x) = cos(e_a(a), e_x(x))`` (Eq. 3) for one pyramid level."""
+    """Syncer S^i of MS-Sync: ``S(a, x) = cos(e_a(a), e_x(x))`` (MS-Sync Eq. 3) for one pyramid level."""
 
     def __init__(self, cfg: SyncerConfig) -> None:
         super().__init__()
@@ -111,3 +118,18 @@ class Syncer(nn.Module):
         e_a = self.audio(audio)  # (B, D)
         e_x = self.motion(motion.flatten(0, 1)).view(b, k, -1)  # (B*K, C, 5) -> (B, K, D)
         return torch.einsum("bd,bkd->bk", e_a, e_x)  # (B, K)
+
+
+def _build_syncers(state: Mapping[str, Any]) -> nn.ModuleDict:
+    configs = state["extra"].get("syncers")
+    if not configs:
+        raise KeyError("extra.syncers (the per-syncer configs)")
+    return nn.ModuleDict({name: Syncer(from_dict(SyncerConfig, c, f"syncers.{name}")) for name, c in configs.items()})
+
+
+def load_syncers(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> dict[str, Syncer]:
+    """Every syncer of a ``syncers`` checkpoint (train_syncers stage) by name (``ms1..ms4``, ``rigid1..rigid3``),
+    rebuilt from the configs stored beside the weights, frozen and in eval mode."""
+    syncers = load_model(path, CHECKPOINT_KIND, _build_syncers, frozen=True, device=device)
+    return dict(syncers.items())
+

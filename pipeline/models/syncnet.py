@@ -1,4 +1,4 @@
-"""SyncNet lip-sync expert (Chung & Zisserman 2016; thesis §2.3.1, Fig. 2.10; SPEC §6).
+"""SyncNet lip-sync expert (Chung & Zisserman 2016; thesis §2.3.1, Fig. 2.10; method.md §6.1).
 
 Two streams map a 5-frame face window and the 20 MFCC rows of the same 0.2 s to one embedding space; the distance
 ``d = ||v - a||_2`` (thesis Eq. 2.15) is small for synchronised pairs. The layout is that of joonson/syncnet_python's
@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 from pipeline.audio import MFCC_ROWS_PER_VIDEO_FRAME, MFCC_WINDOW_VIDEO_FRAMES, N_MFCC
-from pipeline.train.common import WeightsError, load_state_strict, read_weight_file
+from pipeline.checkpoint import WeightsError, load_model, load_state_strict, read_weight_file
+from pipeline.config import from_dict
+
+CHECKPOINT_KIND = "syncnet"  # checkpoints written by the train_syncnet stage
 
 WINDOW_FRAMES = MFCC_WINDOW_VIDEO_FRAMES  # 5 video frames per window
 MFCC_ROWS = MFCC_WINDOW_VIDEO_FRAMES * MFCC_ROWS_PER_VIDEO_FRAME  # 20 MFCC rows (100 Hz) per window
@@ -58,7 +61,7 @@ class SyncNetConfig:
         audio_channels: widths of the 6 convs of ``netcnnaud`` (syncnet_v2: 64, 192, 384, 256, 256, 512).
         lip_channels: widths of the 6 convs of ``netcnnlip`` (syncnet_v2: 96, 256, 256, 256, 256, 512).
         fc_hidden: hidden width of ``netfcaud`` / ``netfclip`` (syncnet_v2: 512).
-        embed_dim: embedding size, the fc7 features a and v of Eq. 2.15 (syncnet_v2: 1024).
+        embed_dim: embedding size, the fc7 features a and v of thesis Eq. 2.15 (syncnet_v2: 1024).
     """
 
     image_size: int = SYNCNET_V2_IMAGE_SIZE
@@ -91,7 +94,7 @@ class SyncNetConfig:
 
 @dataclass(frozen=True)
 class SyncNetOutput:
-    """Embeddings of a batch of windows: video v (B, D) and audio a (B, D) of Eq. 2.15."""
+    """Embeddings of a batch of windows: video v (B, D) and audio a (B, D) of thesis Eq. 2.15."""
 
     video: torch.Tensor
     audio: torch.Tensor
@@ -208,5 +211,13 @@ def load_syncnet_v2(path: str | os.PathLike[str]) -> SyncNet:
     return model.eval()
 
 
-__all__ = ["SyncNet", "SyncNetConfig", "SyncNetOutput", "load_syncnet_v2", "WeightsError", "WINDOW_FRAMES",
-           "MFCC_ROWS"]
+def load_syncnet(path: str | os.PathLike[str], *, frozen: bool = True, device: str | torch.device = "cpu") -> SyncNet:
+    """A SyncNet trained by the train_syncnet stage (``syncnet`` checkpoint), rebuilt from the
+    :class:`SyncNetConfig` stored beside the weights (``config["model"]``), in eval mode."""
+    return load_model(path, CHECKPOINT_KIND,
+                      lambda state: SyncNet(from_dict(SyncNetConfig, state["config"]["model"], "model")),
+                      frozen=frozen, device=device)
+
+
+__all__ = ["CHECKPOINT_KIND", "SyncNet", "SyncNetConfig", "SyncNetOutput", "load_syncnet", "load_syncnet_v2",
+           "WeightsError", "WINDOW_FRAMES", "MFCC_ROWS"]

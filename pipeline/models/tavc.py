@@ -1,10 +1,10 @@
-"""TAVC metric network (TAVCE paper §III-B, Eq. 1-2; SPEC §3): audio and visual encoders into one 128-d space,
-and the temporal relationship matrix ``C_{i,j}`` of two features.
+"""TAVC metric network (TAVCE §III-B, TAVCE Eq. 1-2; method.md §3): audio and visual encoders into one 128-d
+space, and the temporal relationship matrix ``C_{i,j}`` of two features.
 
-- ``E^a`` (Eq. 1): Wav2Lip mel encoder (:class:`~pipeline.models.audio_encoder.AudioEncoder`) + FC -> 128.
+- ``E^a`` (TAVCE Eq. 1): Wav2Lip mel encoder (:class:`~pipeline.models.audio_encoder.AudioEncoder`) + FC -> 128.
 - ``E^v``: ResNet18 (paper) or ArcFace IResNet18 (authors' release) on the 112 x 112 mouth ROI + FC -> 128.
-- :func:`relationship` (Eq. 2 as resolved in SPEC §3): ``C = mᵀm`` with ``m`` the two stacked features minus their
-  mean, i.e. ``½ (f_i - f_j)(f_i - f_j)ᵀ``.
+- :func:`relationship` (TAVCE Eq. 2 as resolved in method.md §3.2): ``C = mᵀm`` with ``m`` the two stacked
+  features minus their mean, i.e. ``½ (f_i - f_j)(f_i - f_j)ᵀ``.
 
 Later stages (CERL, CAR) load a trained metric with :func:`load_tavc` and use ``encode_audio`` / ``encode_visual``
 with :func:`relationship`. Pretrained public encoders are loaded with :func:`load_pretrained`.
@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.audio import MEL_WINDOW_FRAMES, N_MELS
-from pipeline.config import ConfigError, from_dict
+from pipeline.checkpoint import WeightsError, load_model, load_state_strict, map_keys, read_weight_file
+from pipeline.config import from_dict
 from pipeline.models.audio_encoder import AudioEncoder, AudioEncoderConfig
 from pipeline.models.visual_encoder import ROI_SIZE, VisualBackbone, build_visual_backbone
-from pipeline.train.common import (WeightsError, load_checkpoint, load_state_strict, map_keys, read_weight_file)
 
 CHECKPOINT_KIND = "tavc"
 AUDIO_KEY = "audio_encoder."  # Wav2Lip / SadTalker module name of the mel encoder in public checkpoints
@@ -54,7 +53,7 @@ class TAVCConfig:
 
 
 def relationship(f_i: torch.Tensor, f_j: torch.Tensor) -> torch.Tensor:
-    """Temporal relationship of two features of one sample, Eq. 2 as resolved in SPEC §3.
+    """Temporal relationship of two features of one sample, TAVCE Eq. 2 as resolved in method.md §3.2.
 
     ``m = stack(f_i, f_j) - mean`` (the two-sample centred data), ``C = mᵀ m``, which equals
     ``½ (f_i - f_j)(f_i - f_j)ᵀ``: a rank-1, symmetric matrix, unchanged when i and j are swapped.
@@ -73,7 +72,7 @@ def relationship(f_i: torch.Tensor, f_j: torch.Tensor) -> torch.Tensor:
 
 
 class TAVC(nn.Module):
-    """The TAVC metric's two encoders, ``E^a`` and ``E^v`` (Eq. 1), each followed by an FC to `embed_dim`.
+    """The TAVC metric's two encoders, ``E^a`` and ``E^v`` (TAVCE Eq. 1), each followed by an FC to `embed_dim`.
 
     Submodule names: ``audio_encoder`` (Wav2Lip keys), ``audio_fc``, ``visual_encoder`` (torchvision / arcface keys),
     ``visual_fc``.
@@ -183,18 +182,11 @@ def load_pretrained(model: TAVC, audio: str | os.PathLike[str] | None = None,
         load_visual_weights(model.visual_encoder, model.cfg.visual_backbone, visual, model.cfg.visual_width)
 
 
-def load_tavc(path: str | os.PathLike[str]) -> TAVC:
-    """A trained TAVC metric from a ``tavc`` checkpoint (written by the train_tavc stage), frozen, in eval mode.
+def load_tavc(path: str | os.PathLike[str], *, frozen: bool = True, device: str | torch.device = "cpu") -> TAVC:
+    """A trained TAVC metric from a ``tavc`` checkpoint (written by the train_tavc stage), in eval mode.
 
-    The model is rebuilt from the config stored beside the weights (``config["model"]``), then loaded strictly.
+    The model is rebuilt from the config stored beside the weights (``config["model"]``), then loaded strictly
+    (:func:`pipeline.checkpoint.load_model`).
     """
-    state = load_checkpoint(path, CHECKPOINT_KIND)
-    try:
-        cfg = from_dict(TAVCConfig, state["config"]["model"], "model")
-    except (KeyError, TypeError, ConfigError) as err:
-        raise WeightsError(f"{Path(path)}: checkpoint config has no usable `model` section ({err})") from err
-    model = TAVC(cfg)
-    load_state_strict(model, state["model"], str(path))
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    return load_model(path, CHECKPOINT_KIND, lambda state: TAVC(from_dict(TAVCConfig, state["config"]["model"],
+                                                                          "model")), frozen=frozen, device=device)

@@ -1,4 +1,4 @@
-"""Visual backbones for the 112 x 112 mouth ROI of the TAVC metric (SPEC §3, ``E^v`` before its FC -> 128).
+"""Visual backbones for the 112 x 112 mouth ROI of the TAVC metric (method.md §3.1, ``E^v`` before its FC -> 128).
 
 Two backbones, chosen by ``visual_backbone``:
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 VisualBackbone = Literal["resnet18", "iresnet18"]
-ROI_SIZE = 112  # the mouth ROI side (SPEC §1); IResNet's fc is sized for it (7 x 7 after four stride-2 stages)
+ROI_SIZE = 112  # the mouth ROI side (method.md §1); IResNet's fc is sized for it (7 x 7 after four stride-2 stages)
 _STAGE_CHANNELS = (64, 128, 256, 512)
 _RESNET18_BLOCKS = (2, 2, 2, 2)
 

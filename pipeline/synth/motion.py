@@ -100,7 +100,7 @@ def prosody_envelopes(audio: np.ndarray, sample_rate: int, n_frames: int, fps: f
 
 def head_motion(rng: np.random.Generator, audio: np.ndarray, sample_rate: int, n_frames: int, fps: float,
                 style: MotionStyle, max_abs_rad: tuple[float, float, float]) -> HeadMotion:
-    """Head rotation and translation for one clip (SPEC: yaw/pitch/roll in radians, project convention).
+    """Head rotation and translation for one clip (method.md §1: yaw/pitch/roll in radians, project convention).
 
     Args:
         rng: the clip's random generator.

@@ -1,12 +1,12 @@
-"""Training stage 2a of TAVCE: video-driven pretraining of the face renderer with CERL (paper §III-C, §III-E;
-SPEC §4; face-vid2vid's training recipe).
+"""Training stage 2a of TAVCE: video-driven pretraining of the face renderer with CERL (TAVCE §III-C, §III-E;
+method.md §4.3; face-vid2vid's training recipe).
 
 One step (face-vid2vid's generator / discriminator full models, written out):
 1. a source frame ``v_0`` and a driving frame ``v_d`` of the same clip; canonical keypoints ``x_c = L(v_0)``; head
    pose / expression of both frames from the estimator H; keypoints ``x_s = R_s x_c + t_s + δ_s`` and
    ``x_d = R_d x_c + t_d + δ_d``;
-2. ``c^a = C(E_a(a_{d-1}), E_a(a_d))`` (Eq. 2) from the frozen TAVC audio encoder on the driving frame's mel windows;
-   ``g = CERL(F(v_0), c^a)`` (Eq. 5); ``v̂_d = G(g, x_s, x_d)``;
+2. ``c^a = C(E_a(a_{d-1}), E_a(a_d))`` (TAVCE Eq. 2) from the frozen TAVC audio encoder on the driving frame's mel
+   windows; ``g = CERL(F(v_0), c^a)`` (TAVCE Eq. 5); ``v̂_d = G(g, x_s, x_d)``;
 3. generator losses: multi-scale perceptual, hinge GAN + feature matching, equivariance (a random affine + TPS
    warp of the driving frame must move H's keypoints with it), keypoint prior, deformation prior, head pose
    (only with a pose teacher), L1; one Adam step on F, CERL, L, H, G;
@@ -22,32 +22,36 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.corpus import MOUTH, CorpusError, load_clips
+from pipeline.checkpoint import load_state_strict, save_checkpoint
+from pipeline.data.corpus import MOUTH, load_split_clips
 from pipeline.data.renderer import RendererDataset, RendererEvalSet, build_eval_set
-from pipeline.io import file_digest
+from pipeline.data.sampling import sample_generator, seed_everything, step_loader
+from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, RandomTransform, RendererLossWeights,
                                       TransformConfig,
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
                                       keypoint_prior_loss, reconstruction_l1, weighted_total)
+from pipeline.models import count_parameters
 from pipeline.models.renderer.keypoints import bins_to_degrees, transform_keypoints
-from pipeline.models.renderer.renderer import Renderer, RendererConfig, build_discriminator, load_sadtalker_renderer
+from pipeline.metrics.bootstrap import bootstrap_ci
+from pipeline.models.renderer.renderer import (CHECKPOINT_KIND, Renderer, RendererConfig, build_discriminator,
+                                               load_sadtalker_renderer)
 from pipeline.models.tavc import TAVC, load_tavc, relationship
-from pipeline.render import CHECKPOINT_KIND, to_uint8
 from pipeline.tracking import Tracker
-from pipeline.train.common import (History, bootstrap_ci, count_parameters, fingerprint, load_state_strict,
-                                   plot_curves, restore, resumable, save_checkpoint, seed_everything, step_loader)
+from pipeline.train.common import (History, LRSchedule, fingerprint, restore, resumable, scheduled_lr,
+                                   torch_threads)
+from pipeline.viz import plot_curves, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ class RendererWeightsConfig:
         sadtalker: SadTalker's facevid2vid checkpoint to start the renderer from (needs the full model size; CERL
             starts as the identity, see `pipeline.models.renderer.cerl`).
         head_pose: Hopenet weights (hopenet_robust_alpha1.pkl): the pose teacher of the head-pose loss. Without it
-            that loss is off (SPEC §4: weight 0 when no pretrained pose network is present).
+            that loss is off (method.md §4.3: weight 0 when no pretrained pose network is present).
     """
 
     sadtalker: str | None = None
@@ -79,21 +83,21 @@ class TrainRendererConfig:
     loss_weights: RendererLossWeights = RendererLossWeights()
     transform: TransformConfig = TransformConfig()  # random affine + TPS warp of the equivariance loss
     weights: RendererWeightsConfig = RendererWeightsConfig()
-    batch_size: int = 4
+    batch_size: int = 16
     lr: float = 2e-4  # face-vid2vid, all networks
     betas: tuple[float, float] = (0.5, 0.999)  # face-vid2vid's Adam
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    steps: int = 100_000
+    lr_schedule: LRSchedule = "constant"
+    steps: int = 200_000
     gan_start: int = 0  # steps trained without the discriminator first (0: from the start, as face-vid2vid)
     augment: bool = True  # FOMM / face-vid2vid: shared random flip + colour jitter of source and driving frame
     train_splits: tuple[str, ...] = ("train",)
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_pairs_per_clip: int = 8
-    eval_every: int = 1000  # held-out curve + sample grid every N steps (0: only at the end)
+    eval_every: int = 5000  # held-out curve + sample grid every N steps (0: only at the end)
     landmark_size: int = 256  # frames are resized to this side before landmark detection (evaluation)
     bootstrap: int = 2000
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    log_every: int = 100
+    checkpoint_every: int = 5000
     workers: int = 1
     cache_mb: int = 512  # per-worker cache of decoded, resized clips
     threads: int = 0  # torch threads while training (0 = torch default)
@@ -136,13 +140,12 @@ class RendererRunResult:
     metrics: dict[str, Any]
     history: History
     per_sample: list[dict[str, Any]]
+    seconds: float = 0.0  # training wall time (MLflow and the log; not metrics.json)
 
 
 def learning_rate(cfg: TrainRendererConfig, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): constant, or a half-cosine from `lr` to 0 over `steps`."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(1, cfg.steps)))
+    """Learning rate of optimizer step `step` (0-based), see :func:`pipeline.train.common.scheduled_lr`."""
+    return scheduled_lr(cfg.lr, step, cfg.steps, cfg.lr_schedule)
 
 
 def _fingerprint_config(cfg: TrainRendererConfig) -> TrainRendererConfig:
@@ -152,7 +155,7 @@ def _fingerprint_config(cfg: TrainRendererConfig) -> TrainRendererConfig:
 
 
 def audio_relation(tavc: TAVC | None, mel: torch.Tensor) -> torch.Tensor | None:
-    """``C^a_{d-1,d}`` (Eq. 2, unnormalised; CERL normalises it) from the frozen TAVC audio encoder.
+    """``C^a_{d-1,d}`` (TAVCE Eq. 2, unnormalised; CERL normalises it) from the frozen TAVC audio encoder.
 
     Args:
         tavc: frozen TAVC metric, or None (no CERL) -> None.
@@ -216,7 +219,7 @@ class RendererTrainer:
                     [o.features for o in real], [o.features for o in fake])
         if w.equivariance > 0:
             # the random warp of step `step` is a function of (seed, step): a resumed run draws the same ones
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + step) & 0x7FFFFFFF)
+            gen = sample_generator(self.seed, step)
             transform = RandomTransform(drv.shape[0], gen, self.cfg.transform)
             he_t = r.estimate_motion(transform.transform_frame(drv))
             kp_t = transform_keypoints(kp_c, he_t)  # (B, K, 3)
@@ -363,8 +366,6 @@ def save_sample_grid(path: str | os.PathLike[str], data: RendererEvalSet, pred: 
     """PNG grid, one held-out pair per row: source | driving | generated | |generated - driving| (x4)."""
     import cv2
 
-    from pipeline.viz import save_png
-
     idx = np.linspace(0, len(pred) - 1, min(rows, len(pred))).round().astype(int)
     src, drv, gen = to_uint8(data.source[idx].float()), to_uint8(data.driving[idx].float()), to_uint8(pred[idx])
     err = np.clip(np.abs(gen.astype(np.int16) - drv.astype(np.int16)) * 4, 0, 255).astype(np.uint8)
@@ -380,44 +381,52 @@ def save_sample_grid(path: str | os.PathLike[str], data: RendererEvalSet, pred: 
     save_png(path, np.concatenate([header, *cells, foot], axis=0))
 
 
-def pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.PathLike[str] | None,
-                      out: str | os.PathLike[str], reports: str | os.PathLike[str], cfg: TrainRendererConfig,
-                      seed: int, tracker: Tracker, progress: bool = True) -> RendererRunResult:
-    """Train (or resume, or reuse) the renderer; see :func:`_pretrain_renderer`. Sets `cfg.threads` torch
-    threads for the run (restored afterwards)."""
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _pretrain_renderer(processed, tavc_path, out, reports, cfg, seed, tracker, progress)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.PathLike[str] | None,
-                       out: str | os.PathLike[str], reports: str | os.PathLike[str], cfg: TrainRendererConfig,
-                       seed: int, tracker: Tracker, progress: bool = True) -> RendererRunResult:
-    """Video-driven renderer pretraining with held-out evaluation.
+def pretrain_renderer(cfg: TrainRendererConfig, seed: int, *, processed: str | os.PathLike[str],
+                      out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
+                      tavc: str | os.PathLike[str] | None = None, progress: bool = True) -> RendererRunResult:
+    """Video-driven renderer pretraining with held-out evaluation and its report.
 
     Args:
+        cfg: the `pretrain_renderer` params section.
+        seed: `common.seed`.
         processed: output folder of the preprocess stage.
-        tavc_path: checkpoint of the trained TAVC metric (its audio encoder gives C^a for CERL); may be None
-            when ``model.cerl.enabled`` is false.
         out: model folder; ``checkpoint.pt`` (kind ``renderer``: the Renderer's weights and config; the
             discriminator and its optimizer in ``extra``) is resumed when it has the same fingerprint.
-        reports: folder for the sample grids written at each evaluation (``samples/step_XXXXXX.png``).
-        cfg, seed: settings and `common.seed`.
-        tracker: receives per-step losses and held-out curves.
+        reports: report folder: metrics.json, heldout_pairs.csv, curves.png, samples.png and the sample grids
+            written at each evaluation (``samples/step_XXXXXX.png``).
+        tracker: receives per-step losses, held-out curves, the training time and the perceptual extractor's name.
+        tavc: checkpoint of the trained TAVC metric (its audio encoder gives C^a for CERL); may be None when
+            ``model.cerl.enabled`` is false.
+        progress: show a tqdm bar.
+
+    Sets `cfg.threads` torch threads for the run (restored afterwards).
     """
-    processed, out, reports = Path(processed), Path(out), Path(reports)
+    with torch_threads(cfg.threads):
+        run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), cfg, seed, tracker, progress)
+    tracker.log_metrics({"train/seconds": run.seconds})
+    tracker.set_tags({"perceptual_extractor": run.metrics["extractors"]["perceptual"]})
+    write_report(run, reports)
+    return run
+
+
+def write_report(run: RendererRunResult, reports: str | os.PathLike[str]) -> None:
+    """metrics.json, heldout_pairs.csv (one row per held-out pair) and curves.png (the sample grids are written
+    during the run)."""
+    import pandas as pd
+
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "metrics.json", run.metrics)
+    with atomic_path(reports / "heldout_pairs.csv", suffix=".csv") as tmp:
+        pd.DataFrame(run.per_sample).to_csv(tmp, index=False)
+    plot_report(run, reports)
+
+
+def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None, out: Path, reports: Path,
+                       cfg: TrainRendererConfig, seed: int, tracker: Tracker, progress: bool) -> RendererRunResult:
     cfg.validate()
     device = torch.device(cfg.device)
-    train_clips = load_clips(processed, cfg.train_splits, 2)
-    eval_clips = load_clips(processed, cfg.eval_splits, 2)
-    shared = sorted({c.speaker for c in train_clips} & {c.speaker for c in eval_clips})
-    if shared:
-        raise CorpusError(f"{processed / 'manifest.parquet'}: speakers {shared} are in both {list(cfg.train_splits)} "
-                          f"and {list(cfg.eval_splits)}; held-out evaluation needs unseen speakers")
+    train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, 2)
 
     tavc = None
     tavc_digest = None
@@ -532,31 +541,23 @@ def _pretrain_renderer(processed: str | os.PathLike[str], tavc_path: str | os.Pa
                        "head_pose": "hopenet" if pose_teacher is not None else None,
                        "landmarks": "mediapipe (68-point mapping), frames resized to "
                                     f"{cfg.landmark_size} px"},
-        "train": {"steps": cfg.steps, "resumed_from": start, "seconds": round(train_seconds, 1),
+        "train": {"steps": cfg.steps, "resumed_from": start,
                   "clips": len(train_clips), "speakers": len({c.speaker for c in train_clips}),
-                  "final_losses": _last_row(history, ("generator_total", "discriminator", "perceptual", "l1"))},
+                  "final_losses": {n: v for n in ("generator_total", "discriminator", "perceptual", "l1")
+                                   if (v := history.last(n)) is not None}},
         "parameters": params,
         "image_size": cfg.model.image_size,
     }
     per_sample = [{"clip_id": c, "speaker": s, "source_index": int(p[0]), "driving_index": int(p[1]),
                    **{k: float(v[n]) for k, v in res.items()}}
                   for n, (c, s, p) in enumerate(zip(eval_set.clip_ids, eval_set.speakers, eval_set.positions))]
-    return RendererRunResult(metrics=metrics, history=history, per_sample=per_sample)
+    return RendererRunResult(metrics=metrics, history=history, per_sample=per_sample, seconds=round(train_seconds, 1))
 
 
 def _landmark_backend() -> Any:
     from pipeline.faces.landmarks import make_backend
 
     return make_backend("mediapipe", min_confidence=0.3)
-
-
-def _last_row(history: History, names: tuple[str, ...]) -> dict[str, float]:
-    out = {}
-    for name in names:
-        _, values = history.series(name)
-        if len(values):
-            out[name] = float(values[-1])
-    return out
 
 
 def parameter_counts(trainer: RendererTrainer) -> dict[str, int]:

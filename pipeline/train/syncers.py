@@ -1,10 +1,10 @@
-"""Training and evaluation of the MS-Sync syncers (SPEC §6; MS-Sync §3.1, §4.3).
+"""Training and evaluation of the MS-Sync syncers (method.md §6.2; MS-Sync §3.1, §4.3).
 
 Two families of small syncers (`pipeline.models.syncer.Syncer`), trained one after the other by the same loop:
 
-- ``ms1`` .. ``ms4``: the syncer pyramid on all 68 landmarks, InfoNCE (Eq. 2) with N same-clip hard negatives at
+- ``ms1`` .. ``ms4``: the syncer pyramid on all 68 landmarks, InfoNCE (MS-Sync Eq. 2) with N same-clip hard negatives at
   the finer levels and N_coarse cross-clip negatives at the coarsest level. Frozen, they make the multi-scale sync
-  loss (`pipeline.losses.syncers.MultiScaleSyncLoss`, `load_pyramid`).
+  loss (`pipeline.losses.syncers.MultiScaleSyncLoss`, `pipeline.losses.syncers.load_pyramid`).
 - ``rigid1`` .. ``rigid3``: the rigid AV-offset metric (MS-Sync §4.3, Table 2): the 31 rigid landmarks 17-47,
   triplet loss, same-clip negatives, 200/400/800 ms.
 
@@ -23,6 +23,7 @@ Evaluation on the held-out speakers (`eval_splits`):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,23 +35,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.checkpoint import save_checkpoint
 from pipeline.config import to_dict
-from pipeline.data.corpus import RIGID, load_clips
+from pipeline.data.corpus import RIGID, load_split_clips
+from pipeline.data.sampling import sample_rng, seed_everything, step_loader
 from pipeline.data.syncers import (ClipStreams, NegativeSource, SyncerWindows, eval_sequences, load_streams,
                                    sequence_pyramids)
-from pipeline.io import file_digest
-from pipeline.losses.syncers import InfoNCELoss, MultiScaleSyncLoss, TripletLoss
+from pipeline.io import file_digest, write_json
+from pipeline.losses.syncers import InfoNCELoss, TripletLoss
 from pipeline.metrics.lse import lse
-from pipeline.models.syncer import Syncer, SyncerConfig
+from pipeline.models import count_parameters
+from pipeline.models.syncer import CHECKPOINT_KIND, Syncer, SyncerConfig
 from pipeline.pyramid import level_windows
 from pipeline.tracking import Tracker
-from pipeline.train.common import (History, WeightsError, count_parameters, fingerprint, load_checkpoint,
-                                   load_state_strict, restore, resumable, sample_rng, save_checkpoint, seed_everything,
-                                   step_loader)
+from pipeline.train.common import History, fingerprint, restore, resumable, torch_threads
+from pipeline.viz import plot_curves
 
 log = logging.getLogger(__name__)
 
-KIND = "syncers"
 ALL_POINTS = slice(0, 68)
 FAMILY_POINTS = {"ms": ALL_POINTS, "rigid": RIGID}
 FRAME_MS = 40  # one video frame at 25 fps
@@ -197,7 +199,8 @@ def build_syncers(cfg: TrainSyncersConfig) -> nn.ModuleDict:
 
 
 def make_loss(spec: SyncerSpec, cfg: TrainSyncersConfig) -> nn.Module:
-    """Builder: InfoNCE (Eq. 2) for the pyramid, the triplet loss (with the padding reference) for the rigid family."""
+    """Builder: InfoNCE (MS-Sync Eq. 2) for the pyramid, the triplet loss (with the padding reference) for the rigid
+    family."""
     if spec.loss == "infonce":
         return InfoNCELoss(cfg.pyramid.temperature)
     return TripletLoss(cfg.rigid.margin, reference=1.0 if cfg.rigid.padding_negative else None)
@@ -214,6 +217,7 @@ class SyncersResult:
     history: History
     offsets: dict[str, dict[int, dict[str, np.ndarray]]] = field(default_factory=dict)  # family -> level -> gt/random
     trained_steps: int = 0
+    seconds: float = 0.0  # training wall time (MLflow and the log; not metrics.json)
 
 
 def _held_out_batch(dataset: SyncerWindows, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,27 +238,41 @@ def window_accuracy(syncer: Syncer, loss_fn: nn.Module, batch: tuple[torch.Tenso
     return float((scores.argmax(dim=1) == 0).float().mean()), float(loss_fn(scores))
 
 
-def train_syncers(processed: str | Path, out_dir: str | Path, cfg: TrainSyncersConfig, seed: int,
-                  tracker: Tracker, progress: bool = True) -> SyncersResult:
-    """Train (or resume, or reuse) the 7 syncers into ``out_dir/checkpoint.pt`` and evaluate them held-out.
+def train_syncers(cfg: TrainSyncersConfig, seed: int, *, processed: str | os.PathLike[str],
+                  out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
+                  progress: bool = True) -> SyncersResult:
+    """Train (or resume, or reuse) the 7 syncers into ``out/checkpoint.pt``, evaluate them held-out, write the report.
 
     Args:
-        processed: the preprocess stage's output folder.
-        out_dir: model folder; ``checkpoint.pt`` there is resumed when its fingerprint (config, seed, manifest
-            digest) matches, and reused without training when it is complete.
         cfg: the `train_syncers` params section.
         seed: common seed (model init and every sample).
-        tracker: receives per-step losses and held-out accuracies.
+        processed: the preprocess stage's output folder.
+        out: model folder; ``checkpoint.pt`` there is resumed when its fingerprint (config, seed, manifest
+            digest) matches, and reused without training when it is complete.
+        reports: report folder: metrics.json, history.json, offsets.png (MS-Sync Table 2 as box plots), curves.png.
+        tracker: receives per-step losses, held-out accuracies and the training time.
 
     Runs with ``cfg.threads`` torch threads (restored afterwards) when it is not 0.
     """
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _train_syncers(Path(processed), Path(out_dir), cfg, seed, tracker, progress)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(cfg.threads):
+        result = _train_syncers(Path(processed), Path(out), cfg, seed, tracker, progress)
+    tracker.log_metrics({"train/seconds": result.seconds})
+    write_report(result, cfg, reports)
+    return result
+
+
+def write_report(result: SyncersResult, cfg: TrainSyncersConfig, reports: str | os.PathLike[str]) -> None:
+    """metrics.json, history.json, offsets.png and curves.png."""
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "metrics.json", result.metrics)
+    result.history.save(reports / "history.json")
+    plot_offsets(result.offsets, cfg.window, reports / "offsets.png")
+    names = [s.name for s in syncer_specs(cfg)]
+    plot_curves(result.history, reports / "curves.png", {
+        "train loss": [f"{n}_loss" for n in names],
+        "held-out loss": [f"{n}_val_loss" for n in names],
+        "held-out top-1 accuracy": [f"{n}_val_acc" for n in names]}, title="train_syncers")
 
 
 def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed: int, tracker: Tracker,
@@ -262,8 +280,7 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
     ckpt_path = out_dir / "checkpoint.pt"
     specs = syncer_specs(cfg)
     min_frames = 2 ** (cfg.pyramid.levels - 1) * (cfg.window - 1) + 1
-    train_clips = load_clips(processed, cfg.train_splits, min_frames)
-    eval_clips = load_clips(processed, cfg.eval_splits, min_frames)
+    train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, min_frames)
     levels = cfg.pyramid.levels
     streams = {fam: (load_streams(train_clips, pts, levels), load_streams(eval_clips, pts, levels))
                for fam, pts in FAMILY_POINTS.items()}
@@ -276,14 +293,14 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = sum(s.steps for s in specs)
     start, history = 0, History()
-    state = resumable(ckpt_path, fp, KIND)
+    state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
     if state is not None:
         start, history = restore(state, model, optimizer, str(ckpt_path))
         if start < total:
             log.info("resuming %s at step %d of %d", ckpt_path, start, total)
 
     def save(step: int) -> None:
-        save_checkpoint(ckpt_path, kind=KIND, config=cfg, model=model, optimizer=optimizer, step=step,
+        save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=optimizer, step=step,
                         fingerprint=fp, extra={"history": history.rows, "seed": seed,
                                                "syncers": {s.name: to_dict(model[s.name].cfg) for s in specs},
                                                "specs": [to_dict(s) for s in specs]})
@@ -303,8 +320,9 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
         train_phase(model[spec.name], spec, make_loss(spec, cfg), optimizer, train_set, held_out, cfg,
                     max(start, begin), begin, end, tracker, history, save, progress)
     trained = max(0, total - start)
+    seconds = time.perf_counter() - t0 if trained else 0.0
     if trained:
-        log.info("trained %d steps in %.0f s", trained, time.perf_counter() - t0)
+        log.info("trained %d steps in %.0f s", trained, seconds)
     else:
         log.info("%s is complete (%d steps): evaluating only", ckpt_path, total)
 
@@ -312,7 +330,7 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
     metrics["parameters"] = {s.name: count_parameters(model[s.name]) for s in specs}
     metrics["steps"] = total
     metrics["train_clips"], metrics["eval_clips"] = len(train_clips), len(eval_clips)
-    return SyncersResult(metrics, history, offsets, trained)
+    return SyncersResult(metrics, history, offsets, trained, round(seconds, 1))
 
 
 def train_phase(syncer: Syncer, spec: SyncerSpec, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -441,33 +459,8 @@ def evaluate_syncers(model: nn.ModuleDict, cfg: TrainSyncersConfig, specs: Seque
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading trained syncers and plots
+# Plots
 # ----------------------------------------------------------------------------------------------------------------
-def load_syncers(path: str | Path) -> dict[str, Syncer]:
-    """Every syncer of a `train_syncers` checkpoint, rebuilt from the stored configs, frozen and in eval mode."""
-    state = load_checkpoint(path, KIND)
-    configs = state["extra"].get("syncers")
-    if not configs:
-        raise WeightsError(f"{path}: no syncer configs in the checkpoint")
-    out = {}
-    for name, c in configs.items():
-        syncer = Syncer(SyncerConfig(**c))
-        prefix = f"{name}."
-        load_state_strict(syncer, {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)},
-                          f"{path} [{name}]")
-        out[name] = syncer.eval().requires_grad_(False)
-    return out
-
-
-def load_pyramid(path: str | Path) -> MultiScaleSyncLoss:
-    """The multi-scale sync loss (Eq. 6/7) with the frozen ``ms1..msL`` syncers of a checkpoint."""
-    syncers = load_syncers(path)
-    names = sorted((n for n in syncers if n.startswith("ms")), key=lambda n: int(n[2:]))
-    if not names:
-        raise WeightsError(f"{path}: no ms* syncers")
-    return MultiScaleSyncLoss([syncers[n] for n in names])
-
-
 def plot_offsets(offsets: dict[str, dict[int, dict[str, np.ndarray]]], window: int, path: str | Path) -> None:
     """Box plots of |AV-Off| ground truth vs random pairs per scale, one panel per family (MS-Sync Table 2)."""
     import matplotlib

@@ -1,6 +1,6 @@
-"""Training and held-out evaluation of the SyncNet lip-sync expert (SPEC §6; thesis §2.3.1).
+"""Training and held-out evaluation of the SyncNet lip-sync expert (method.md §6.1; thesis §2.3.1).
 
-Training: Adam on the contrastive margin loss (Eq. 2.14) over balanced positive / same-clip shifted-audio negative
+Training: Adam on the contrastive margin loss (thesis Eq. 2.14) over balanced positive / same-clip shifted-audio negative
 pairs (:mod:`pipeline.data.syncnet`), resumable from ``<out>/checkpoint.pt``.
 
 Evaluation on the held-out speakers (``eval_splits``), with syncnet_python's protocol (:func:`pipeline.metrics.lse.lse`,
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,22 @@ import torch
 from tqdm import tqdm
 
 from pipeline.audio import MFCC_ROWS_PER_VIDEO_FRAME
-from pipeline.data.corpus import CorpusError, load_clips
+from pipeline.checkpoint import save_checkpoint
+from pipeline.data.corpus import CorpusError, load_split_clips
+from pipeline.data.sampling import seed_everything, step_loader
 from pipeline.data.syncnet import (WINDOW, SyncClip, SyncPairDataset, audio_input, audio_windows, collate_pairs,
                                    fit_length, load_sync_clips, shift_rows, video_input)
-from pipeline.io import file_digest
+from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.syncnet import ContrastiveMarginLoss, pair_distance
+from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.metrics.lse import lse
-from pipeline.models.syncnet import SyncNet, SyncNetConfig, load_syncnet_v2
+from pipeline.models import count_parameters
+from pipeline.models.syncnet import CHECKPOINT_KIND, SyncNet, SyncNetConfig, load_syncnet_v2
 from pipeline.tracking import Tracker
-from pipeline.train.common import (History, WeightsError, bootstrap_ci, count_parameters, fingerprint,
-                                   load_checkpoint, load_state_strict, plot_curves, restore, resumable, save_checkpoint,
-                                   seed_everything, step_loader)
+from pipeline.train.common import History, fingerprint, restore, resumable
+from pipeline.viz import plot_curves
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_KIND = "syncnet"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class TrainSyncNetConfig:
         steps: optimizer steps.
         batch_size: pairs per step (half positives, half negatives).
         lr: Adam learning rate.
-        margin: T_m of Eq. 2.14 (scale of the embedding distances).
+        margin: T_m of thesis Eq. 2.14 (scale of the embedding distances).
         min_neg_shift / max_neg_shift: |audio shift| range of negatives, in video frames.
         flip: random horizontal flips of the video window.
         train_splits / eval_splits: manifest splits used for training / held-out evaluation (speaker-disjoint).
@@ -220,10 +222,11 @@ class SyncNetRun:
     history: History
     evaluation: SyncEvaluation
     metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # training wall time (MLflow and the log; not metrics.json)
 
 
 def extractor_name(cfg: TrainSyncNetConfig) -> str:
-    """Name every reported number carries (SPEC §6): public weights vs a self-trained proxy."""
+    """Name every reported number carries (method.md §6.5): public weights vs a self-trained proxy."""
     if cfg.pretrained is not None:
         return "syncnet_v2" if cfg.steps == 0 else "syncnet_v2 fine-tuned on this corpus"
     m = cfg.model
@@ -238,30 +241,42 @@ def build_model(cfg: TrainSyncNetConfig) -> SyncNet:
     return model
 
 
-def load_trained_syncnet(path: str | os.PathLike[str]) -> tuple[SyncNet, TrainSyncNetConfig]:
-    """Rebuild a trained SyncNet from a `train_syncnet` checkpoint (config stored beside the weights), eval mode."""
-    from pipeline.config import from_dict
-
-    state = load_checkpoint(path, CHECKPOINT_KIND)
-    cfg = from_dict(TrainSyncNetConfig, state["config"], f"{path}:config")
-    model = SyncNet(cfg.model)
-    load_state_strict(model, state["model"], str(path))
-    return model.eval(), cfg
-
-
-def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLike[str],
-                  out_dir: str | os.PathLike[str], tracker: Tracker, progress: bool = True) -> SyncNetRun:
-    """Train (or resume, or skip when finished) and evaluate a SyncNet; writes ``<out_dir>/checkpoint.pt``.
+def train_syncnet(cfg: TrainSyncNetConfig, seed: int, *, processed: str | os.PathLike[str],
+                  out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
+                  progress: bool = True) -> SyncNetRun:
+    """Train (or resume, or skip when finished) and evaluate a SyncNet, and write its report.
 
     Args:
-        cfg: the stage config.
+        cfg: the `train_syncnet` params section.
         seed: common seed (model init and every sample's randomness).
         processed: preprocess stage output (manifest, clips, features).
-        out_dir: model folder; a checkpoint there with the same fingerprint is resumed.
-        tracker: receives per-step losses and held-out curves.
+        out: model folder; ``checkpoint.pt`` there is resumed when it has the same fingerprint.
+        reports: report folder: metrics.json, offsets.csv (one row per clip and shift), synced_vs_shuffled.csv
+            (one row per clip), curves.png, offsets.png.
+        tracker: receives per-step losses, held-out curves and the training time.
         progress: show a tqdm bar.
     """
-    processed, out_dir = Path(processed), Path(out_dir)
+    run = _train_syncnet(cfg, seed, Path(processed), Path(out), tracker, progress)
+    tracker.log_metrics({"train/seconds": run.seconds})
+    write_report(run, reports, cfg.vshift)
+    return run
+
+
+def write_report(run: SyncNetRun, reports: str | os.PathLike[str], vshift: int) -> None:
+    """metrics.json, the two per-clip tables and the figures of :func:`plot_report`."""
+    import pandas as pd
+
+    reports = Path(reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "metrics.json", run.metrics)
+    for name, table in (("offsets.csv", run.evaluation.rows), ("synced_vs_shuffled.csv", run.evaluation.pairs)):
+        with atomic_path(reports / name) as tmp:
+            pd.DataFrame(table).to_csv(tmp, index=False, float_format="%.4f")
+    plot_report(run, reports, vshift)
+
+
+def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir: Path, tracker: Tracker,
+                   progress: bool) -> SyncNetRun:
     ckpt_path = out_dir / "checkpoint.pt"
     manifest = processed / "manifest.parquet"
     if not manifest.is_file():
@@ -279,11 +294,8 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLi
         log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
     log.info("SyncNet %s: %.2f M parameters", cfg.model, count_parameters(model) / 1e6)
 
-    train = load_clips(processed, cfg.train_splits, min_frames=WINDOW + 2 * cfg.min_neg_shift + 1)
-    held = load_clips(processed, cfg.eval_splits, min_frames=WINDOW + 1)
-    shared = sorted({c.speaker for c in train} & {c.speaker for c in held})
-    if shared:
-        raise CorpusError(f"{manifest}: speakers {shared} are in both train_splits and eval_splits")
+    train, held = load_split_clips(processed, cfg.train_splits, cfg.eval_splits,
+                                   min_train_frames=WINDOW + 2 * cfg.min_neg_shift + 1, min_eval_frames=WINDOW + 1)
     log.info("cutting %s face regions of %d held-out clips", cfg.model.face_region, len(held))
     held_clips = load_sync_clips(held, cfg.model.face_region, cfg.model.image_size)
 
@@ -291,7 +303,9 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLi
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=optimizer, step=step,
                         fingerprint=fp, extra={"history": history.rows})
 
+    train_seconds = 0.0
     if start < cfg.steps:
+        t_train = time.perf_counter()
         log.info("cutting %s face regions of %d train clips", cfg.model.face_region, len(train))
         train_clips = load_sync_clips(train, cfg.model.face_region, cfg.model.image_size)
         dataset = SyncPairDataset(train_clips, seed, cfg.min_neg_shift, cfg.max_neg_shift, cfg.flip)
@@ -329,6 +343,7 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLi
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
         bar.close()
+        train_seconds = time.perf_counter() - t_train
     elif state is None:  # steps == 0: evaluate the initial (pretrained) weights, keep them as the output
         save(0)
     else:
@@ -345,7 +360,8 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: str | os.PathLi
         "train": {"steps": cfg.steps, "clips": len(train), "parameters": count_parameters(model),
                   **{k: last[k] for k in ("loss", "d_pos", "d_neg") if k in last}},
     }
-    return SyncNetRun(model=model.eval(), history=history, evaluation=evaluation, metrics=metrics)
+    return SyncNetRun(model=model.eval(), history=history, evaluation=evaluation, metrics=metrics,
+                      seconds=round(train_seconds, 1))
 
 
 def _log_eval(m: dict[str, Any], step: int, history: History, tracker: Tracker) -> None:
@@ -369,13 +385,11 @@ def plot_report(run: SyncNetRun, folder: str | os.PathLike[str], vshift: int) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.io import atomic_path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     curves = folder / "curves.png"
     plot_curves(run.history, curves, {
-        "contrastive loss (Eq. 2.14)": ["loss"],
+        "contrastive loss (thesis Eq. 2.14)": ["loss"],
         "pair distance": ["d_pos", "d_neg"],
         "held-out offset accuracy (±1)": ["eval_offset_acc_pm1"],
         "held-out LSE-C": ["eval_lse_c_synced", "eval_lse_c_shuffled"],
@@ -411,5 +425,5 @@ def plot_report(run: SyncNetRun, folder: str | os.PathLike[str], vshift: int) ->
     return [curves, offsets_png]
 
 
-__all__ = ["TrainSyncNetConfig", "SyncEvaluation", "SyncNetRun", "evaluate_sync", "train_syncnet",
-           "load_trained_syncnet", "plot_report", "build_model", "extractor_name", "WeightsError", "CHECKPOINT_KIND"]
+__all__ = ["TrainSyncNetConfig", "SyncEvaluation", "SyncNetRun", "evaluate_sync", "train_syncnet", "write_report",
+           "plot_report", "build_model", "extractor_name"]

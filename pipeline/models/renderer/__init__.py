@@ -1,4 +1,4 @@
-"""face-vid2vid renderer with CERL (SPEC §4) and MappingNet (SPEC §5), one network per file."""
+"""face-vid2vid renderer with CERL (method.md §4) and MappingNet (method.md §5), one network per file."""
 
 from pipeline.models.renderer.appearance import AppearanceConfig, AppearanceFeatureExtractor
 from pipeline.models.renderer.cerl import CERL, CERLConfig

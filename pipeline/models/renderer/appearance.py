@@ -1,7 +1,7 @@
-"""Appearance feature extractor of face-vid2vid (SPEC §4): source image -> 2D feature f -> 3D feature volume.
+"""Appearance feature extractor of face-vid2vid (method.md §4.1): source image -> 2D feature f -> 3D feature volume.
 
 It is the encoding half of SadTalker's ``OcclusionAwareSPADEGenerator`` (``first``, ``down_blocks``, ``second``,
-``resblocks_3d``), split out because CERL (Eq. 5) acts on the 2D feature f *between* ``second`` and the reshape:
+``resblocks_3d``), split out because CERL (TAVCE Eq. 5) acts on the 2D feature f *between* ``second`` and the reshape:
 
     image (B, 3, H, W) -> first -> down_blocks -> second -> f (B, C*D, H/2^n, W/2^n)      [forward]
     f -> reshape (B, C, D, h, w) -> resblocks_3d -> volume (B, C, D, h, w)                  [to_volume]

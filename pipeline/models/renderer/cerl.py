@@ -1,4 +1,4 @@
-"""CERL, correlation-embedded representation learning (TAVCE paper Eq. 5; SPEC §4).
+"""CERL, correlation-embedded representation learning (TAVCE Eq. 5; method.md §4.2).
 
     g = Conv₁(Ĉ^a × Conv₂(f)) + f
 
@@ -35,7 +35,7 @@ class CERLConfig:
 
     Attributes:
         enabled: False for the "w/o CERL" ablation (the renderer then has no CERL module and ignores relations).
-        mode: ``matmul`` (paper Eq. 5) or ``diag`` (authors' release: diagonal gate + one more 1x1 conv).
+        mode: ``matmul`` (TAVCE Eq. 5) or ``diag`` (authors' release: diagonal gate + one more 1x1 conv).
         relation_dim: D, the side of the relationship matrix C^a (the TAVC embedding size, 128).
     """
 
@@ -63,7 +63,7 @@ def normalise_relation(relation: torch.Tensor) -> torch.Tensor:
 
 
 class CERL(nn.Module):
-    """Residual injection of the audio relationship into the source feature (Eq. 5)."""
+    """Residual injection of the audio relationship into the source feature (TAVCE Eq. 5)."""
 
     def __init__(self, cfg: CERLConfig, feature_channels: int) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""3D dense motion network of face-vid2vid with an occlusion map (SPEC §4).
+"""3D dense motion network of face-vid2vid with an occlusion map (method.md §4.1).
 
 From the source feature volume and the source/driving keypoints it predicts, for every voxel of the *driving*
 frame, where to sample the source volume (the deformation, a backward warp) and a 2D occlusion map:

@@ -1,4 +1,4 @@
-"""Multi-scale patch discriminator of face-vid2vid (SPEC §4; hinge GAN + feature matching, losses elsewhere).
+"""Multi-scale patch discriminator of face-vid2vid (method.md §4.1; hinge GAN + feature matching, losses elsewhere).
 
 One Pix2Pix-style patch discriminator per scale (face-vid2vid 256 config: scale 1 only): ``num_blocks`` blocks of
 4x4 conv (no padding, spectral norm) -> InstanceNorm (all but the first) -> LeakyReLU 0.2 -> 2x2 average pool (all

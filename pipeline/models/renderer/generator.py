@@ -1,4 +1,4 @@
-"""Occlusion-aware SPADE generator of face-vid2vid as used by SadTalker (SPEC §4): the warping and decoding half.
+"""Occlusion-aware SPADE generator of face-vid2vid as used by SadTalker (method.md §4.1): the warping and decoding half.
 
     volume (B, C, D, h, w) --dense motion--> deformation, occlusion
     warped = grid_sample(volume, deformation)               (B, C, D, h, w)

@@ -1,5 +1,5 @@
-"""Head-pose and expression estimator of face-vid2vid (SPEC §4), used for video-driven training: a driving frame ->
-its HeadMotion (yaw/pitch/roll as 66-bin logits, translation t, expression deltas δ of the K keypoints).
+"""Head-pose and expression estimator of face-vid2vid (method.md §4.1), used for video-driven training: a driving frame
+-> its HeadMotion (yaw/pitch/roll as 66-bin logits, translation t, expression deltas δ of the K keypoints).
 
 A ResNet-50-like trunk of bottleneck blocks (names as SadTalker's ``HEEstimator``: conv1..conv5, norm1..norm5,
 block1..block7 with children ``b1_i``, ``b3_i``, ``b5_i``, ``b7_i``), global average pooling, then linear heads

@@ -1,4 +1,4 @@
-"""Canonical 3D keypoint detector of face-vid2vid (SPEC §4): image -> K canonical keypoints x_c (B, K, 3).
+"""Canonical 3D keypoint detector of face-vid2vid (method.md §4.1): image -> K canonical keypoints x_c (B, K, 3).
 
 Layout (names as SadTalker's ``KPDetector`` / ``KPHourglass``): an anti-aliased downsample of the input
 (``down``, scale_factor 0.25), a 2D encoder (``predictor.down_blocks.down{i}``), a 1x1 conv to C·D channels

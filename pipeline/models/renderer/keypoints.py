@@ -1,4 +1,4 @@
-"""Head motion and the face-vid2vid keypoint transformation (SPEC §4): ``x = R(yaw, pitch, roll) · x_c + t + δ``.
+"""Head motion and the face-vid2vid keypoint transformation (method.md §4.1): ``x = R(yaw, pitch, roll) · x_c + t + δ``.
 
 The rotation comes from `pipeline.geometry.rotation_matrix` (the project's one rotation helper, R = Rx(pitch) ·
 Ry(yaw) · Rz(roll), the order of SadTalker's ``get_rotation_matrix``); angles are converted with the exact π
@@ -83,7 +83,7 @@ class HeadMotion:
 
 
 def transform_keypoints(kp_canonical: torch.Tensor, motion: HeadMotion) -> torch.Tensor:
-    """Driving keypoints ``x_k = R · x_c,k + t + δ_k`` (face-vid2vid Eq. 1, full translation; module docstring).
+    """Driving keypoints ``x_k = R · x_c,k + t + δ_k`` (face-vid2vid §3.1, full translation; module docstring).
 
     Args:
         kp_canonical: (B, K, 3) canonical keypoints x_c.

@@ -1,4 +1,4 @@
-"""MappingNet (SadTalker; SPEC §5): a window of 3DMM-style coefficients -> the renderer's head motion.
+"""MappingNet (SadTalker; method.md §5): a window of 3DMM-style coefficients -> the renderer's head motion.
 
 Input: (B, 70, 27) = 64 expression + 3 rotation + 3 translation coefficients over 27 frames centred on the
 target frame. Layout (names as SadTalker's ``mapping.py``, so its checkpoint's ``mapping`` dict loads strictly):

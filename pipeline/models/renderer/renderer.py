@@ -1,4 +1,4 @@
-"""The face renderer: face-vid2vid with CERL (SPEC §4), composed from one network per file, plus loading of
+"""The face renderer: face-vid2vid with CERL (method.md §4), composed from one network per file, plus loading of
 SadTalker's public renderer checkpoint.
 
 Data flow for one (source, driving) pair:
@@ -11,7 +11,7 @@ Data flow for one (source, driving) pair:
     x      = transform_keypoints(x_c, motion)         (B, K, 3)            (keypoints.py)
     out    = generator(volume, x_source, x_driving)   RendererOutput       generate
 
-The discriminator is built separately (`build_discriminator`); MappingNet (SPEC §5) is its own module.
+The discriminator is built separately (`build_discriminator`); MappingNet (method.md §5) is its own module.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.checkpoint import WeightsError, load_model, load_state_strict, map_keys
 from pipeline.models.renderer.appearance import AppearanceConfig, AppearanceFeatureExtractor
 from pipeline.models.renderer.blocks import is_power_of_two_divisible
 from pipeline.models.renderer.cerl import CERL, CERLConfig
@@ -35,14 +36,16 @@ from pipeline.models.renderer.head_pose import HeadPoseConfig, HeadPoseExpressio
 from pipeline.models.renderer.keypoint_detector import CanonicalKeypointDetector, KeypointDetectorConfig
 from pipeline.models.renderer.keypoints import HeadMotion
 from pipeline.models.renderer.mapping import MappingNet
-from pipeline.train.common import WeightsError, load_state_strict, map_keys
+from pipeline.config import from_dict
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "renderer"  # checkpoints written by the renderer training stages
 
 
 @dataclass(frozen=True)
 class RendererConfig:
-    """Whole renderer; the defaults are SadTalker's 256x256 facerender config (SPEC §4 full size).
+    """Whole renderer; the defaults are SadTalker's 256x256 facerender config (method.md §4.1 full size).
 
     Attributes:
         image_size: side of the square input/output images.
@@ -224,6 +227,30 @@ SADTALKER_PARTS = ("generator", "kp_detector", "he_estimator")
 _PART_ALIASES = {"kp_extractor": "kp_detector"}
 
 
+def load_renderer(path: str | os.PathLike[str], *, frozen: bool = True, device: str | torch.device = "cpu"
+                  ) -> Renderer:
+    """A trained renderer from a ``renderer`` checkpoint (written by the pretrain_renderer stage), in eval mode.
+
+    The model is rebuilt from the :class:`RendererConfig` stored beside the weights (``config["model"]``), then
+    loaded strictly (the checkpoint holds the Renderer's state dict; the discriminator is not part of it).
+
+    Args:
+        path: checkpoint file (:func:`pipeline.checkpoint.save_checkpoint` format, kind ``renderer``).
+        frozen: set ``requires_grad = False`` on every parameter (inference); pass False to fine-tune.
+        device: where the returned model lives.
+
+    Raises:
+        WeightsError: naming the file when it is missing, of another kind, has no usable config, or its weights do
+            not fit the rebuilt model (with the keys at fault).
+    """
+    return load_model(path, CHECKPOINT_KIND,
+                      lambda state: Renderer(from_dict(RendererConfig, state["config"]["model"], "model")),
+                      frozen=frozen, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SadTalker's public checkpoint
+# ----------------------------------------------------------------------------------------------------------------
 def _read_nested(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: SadTalker checkpoint not found")
