@@ -234,3 +234,14 @@ def test_tavc_dimension_mismatch_is_reported(processed_corpus, tmp_path):
     with pytest.raises(ValueError, match="--tavc"):
         pretrain_renderer(_cfg(), 0, processed=processed_corpus, out=tmp_path / "m", reports=tmp_path / "r",
                           tracker=NullTracker(), tavc=None, progress=False)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_runs_the_stage_code_paths(tmp_path, capsys):
+    from benchmarks.train_step import main
+
+    assert main(["--configs", "small", "--warmup", "0", "--steps", "1", "--json", str(tmp_path / "t.json")]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [r["loop"] for r in rows] == ["pretrain_renderer", "train_tavc"]
+    assert all(r["s_per_step"] > 0 and r["peak_gpu_MB"] is None for r in rows)
+    assert "| small | pretrain_renderer |" in capsys.readouterr().out
