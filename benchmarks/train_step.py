@@ -70,7 +70,8 @@ def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, st
     g = torch.Generator().manual_seed(0)
     src = torch.rand(b, 3, s, s, generator=g)
     batch = {"source": src.to(device), "driving": (src.flip(-1)).to(device),
-             "mel": torch.randn(b, 2, 1, N_MELS, MEL_WINDOW_FRAMES, generator=g).to(device)}
+             "mel": torch.randn(b, 2, 1, N_MELS, MEL_WINDOW_FRAMES, generator=g).to(device),
+             "pose": (10.0 * torch.randn(b, 2, 3, generator=g)).to(device)}  # degrees, for pose_teacher=coefficients
     seconds, peak = _timed(lambda k: trainer.train_step(batch, k), device, warmup, steps)
     return {"loop": "pretrain_renderer", "batch": b, "image": s, "params_M": count_parameters(trainer.renderer) / 1e6,
             "s_per_step": seconds, "samples_per_s": b / seconds, "peak_gpu_MB": peak,

@@ -132,16 +132,98 @@ def test_augmentation_is_shared_by_the_pair_keyed_and_flips_half_the_time():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
     pair = np.stack([frame, frame])
-    out = augment_pair(pair, np.random.default_rng(5))
+    out, _ = augment_pair(pair, np.random.default_rng(5))
     assert out.dtype == np.uint8 and out.shape == pair.shape
     assert np.array_equal(out[0], out[1])  # one transform for source and driving
-    assert np.array_equal(out, augment_pair(pair, np.random.default_rng(5)))  # keyed
+    assert np.array_equal(out, augment_pair(pair, np.random.default_rng(5))[0])  # keyed
     assert not np.array_equal(out, pair)
     flips = 0
     for k in range(40):
-        a = augment_pair(pair, np.random.default_rng(k), jitter=0.0)  # jitter 0: only the flip remains
+        a, reported = augment_pair(pair, np.random.default_rng(k), jitter=0.0)  # jitter 0: only the flip remains
         flipped = np.abs(a[0].astype(int) - frame[:, ::-1].astype(int)).max() <= 1
         same = np.abs(a[0].astype(int) - frame.astype(int)).max() <= 1
         assert flipped or same
+        assert reported == flipped
         flips += flipped
     assert 8 <= flips <= 32
+
+
+def test_motion_pairs_take_the_largest_differences_without_reusing_frames() -> None:
+    from pipeline.data.renderer import motion_pairs
+
+    mouth = np.zeros(20)
+    mouth[[3, 15]] = 1.0  # two open-mouth frames
+    pose = np.zeros((20, 3))
+    pose[10] = [20.0, 0.0, 0.0]  # one turned head
+    pairs = motion_pairs(mouth, pose, 3, mouth_scale=1.0, pose_scale=10.0, min_gap=5)
+    frames = [f for p in pairs for f in p]
+    assert len(pairs) == 3 and len(set(frames)) == 6
+    assert all(abs(s - d) >= 5 and d >= 1 for s, d in pairs)
+    assert {3, 15, 10} <= set(frames)  # every open mouth and the turned head are in a pair
+    score = lambda s, d: abs(mouth[s] - mouth[d]) + np.linalg.norm(pose[s] - pose[d]) / 10.0  # noqa: E731
+    assert score(*pairs[0]) >= score(*pairs[1]) > score(*pairs[2]) == 0  # only three frames move
+    assert motion_pairs(mouth, pose, 3, 1.0, 10.0, 5) == pairs  # deterministic
+
+
+def test_mouth_box_covers_the_points_with_a_margin_inside_the_image() -> None:
+    from pipeline.data.renderer import mouth_box
+
+    pts = np.array([[10.0, 20.0], [20.0, 24.0]])
+    x0, y0, x1, y1 = mouth_box(pts, 32, margin=0.3)
+    assert x0 <= 7 and y0 <= 18.8 and x1 >= 23 and y1 >= 25.2
+    assert (x0, y0) >= (0, 0) and (x1, y1) <= (32, 32)
+    assert tuple(mouth_box(np.array([[31.0, 31.0], [31.5, 31.5]]), 32)) == (30, 30, 32, 32)
+
+
+def test_motion_eval_set_has_larger_differences_than_the_uniform_one(clips) -> None:
+    uniform = build_eval_set(clips, seed=0, image_size=S, pairs_per_clip=2)
+    motion = build_eval_set(clips, seed=0, image_size=S, pairs_per_clip=2, selection="motion")
+    assert motion.selection == "motion" and len(motion) == len(uniform) == 2 * len(clips)
+    assert motion.mouth_delta.mean() + motion.pose_delta.mean() / 10 > \
+        uniform.mouth_delta.mean() + uniform.pose_delta.mean() / 10
+    assert (np.abs(motion.positions[:, 0] - motion.positions[:, 1]) >= MIN_EVAL_GAP).all()
+    box = motion.mouth_box
+    assert ((box[:, 0] < box[:, 2]) & (box[:, 1] < box[:, 3]) & (box[:, 2] <= S) & (box[:, 3] <= S)).all()
+    assert (box[:, 1] > S // 3).all()  # the mouth is in the lower part of the face crop
+    with pytest.raises(ValueError, match="selection"):
+        build_eval_set(clips, seed=0, image_size=S, pairs_per_clip=2, selection="largest")
+
+
+def test_samples_carry_the_preprocessing_pose_mirrored_with_a_flip(clips) -> None:
+    plain = RendererDataset(clips, seed=3, image_size=S, cache_mb=64)
+    spec = plain.draw(0, 0)
+    coeffs = FeatureStore().get_array(clips[spec.clip], "coeffs")
+    expected = np.degrees(coeffs[[spec.source, spec.driving], 64:67]).astype(np.float32)
+    np.testing.assert_allclose(plain[(0, 0)]["pose"], expected, rtol=1e-6)
+    augmented = RendererDataset(clips, seed=3, image_size=S, cache_mb=64, augment=True)
+    signs = set()
+    for slot in range(12):
+        spec = augmented.draw(0, slot)
+        coeffs = FeatureStore().get_array(clips[spec.clip], "coeffs")
+        raw = np.degrees(coeffs[[spec.source, spec.driving], 64:67])
+        got = augmented[(0, slot)]["pose"]
+        np.testing.assert_allclose(np.abs(got), np.abs(raw), rtol=1e-5)
+        np.testing.assert_allclose(got[:, 1], raw[:, 1], rtol=1e-5)  # pitch never changes sign
+        signs.add(bool(np.allclose(got, raw, rtol=1e-5)))
+    assert signs == {True, False}  # some samples flipped (yaw, roll negated), some not
+
+
+def test_motion_pair_sampling_prefers_different_frames_and_stays_keyed(clips) -> None:
+    from pipeline.data.renderer import frame_motion, motion_scales, pair_motion_score
+
+    uniform = RendererDataset(clips, seed=3, image_size=S, cache_mb=0)
+    motion = RendererDataset(clips, seed=3, image_size=S, cache_mb=0, pair_sampling="motion")
+    tables = [frame_motion(FeatureStore(), c) for c in clips]
+    scales = motion_scales(tables)
+
+    def mean_score(ds):
+        specs = [ds.draw(step, slot) for step in range(40) for slot in range(4)]
+        assert all(s.source != s.driving for s in specs)
+        return np.mean([pair_motion_score(*tables[s.clip], s.source, s.driving, *scales) for s in specs])
+
+    assert mean_score(motion) > 1.3 * mean_score(uniform)
+    assert motion.draw(7, 2) == motion.draw(7, 2)
+    same_driving = [(uniform.draw(k, 0).driving, motion.draw(k, 0).driving) for k in range(10)]
+    assert all(a == b for a, b in same_driving)  # only the source choice changes
+    with pytest.raises(ValueError, match="pair_sampling"):
+        RendererDataset(clips, seed=3, image_size=S, pair_sampling="largest")

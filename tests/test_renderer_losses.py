@@ -252,3 +252,18 @@ def test_weighted_total_and_validation() -> None:
         weighted_total({"lpips": torch.tensor(1.0)}, w)
     with pytest.raises(ValueError, match="loss_weights.gan"):
         replace(w, gan=-1.0).validate()
+
+
+def test_pose_bin_cross_entropy_targets_the_bin_of_the_reference_angle() -> None:
+    from pipeline.losses.renderer import pose_bin_cross_entropy
+
+    n = 66
+    ref = torch.tensor([0.0, 3.0, -98.0, 200.0])  # bins n//2, n//2 + 1, 0 (rounded), clamped to the last
+    target = torch.tensor([n // 2, n // 2 + 1, 0, n - 1])
+    right = torch.full((4, n), -20.0)
+    right[torch.arange(4), target] = 20.0
+    assert pose_bin_cross_entropy([right] * 3, [ref] * 3).item() < 1e-6
+    uniform = torch.zeros(4, n)
+    assert pose_bin_cross_entropy([uniform] * 3, [ref] * 3).item() == pytest.approx(3 * math.log(n), rel=1e-5)
+    wrong = right.roll(5, dims=1)
+    assert pose_bin_cross_entropy([wrong] * 3, [ref] * 3).item() > 30

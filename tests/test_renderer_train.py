@@ -20,8 +20,10 @@ from pipeline.models.renderer.discriminator import DiscriminatorConfig
 from pipeline.models.renderer.generator import GeneratorConfig
 from pipeline.models.renderer.head_pose import HeadPoseConfig
 from pipeline.models.renderer.keypoint_detector import KeypointDetectorConfig
+from pipeline.models.renderer.keypoints import transform_keypoints
 from pipeline.models.renderer.renderer import RendererConfig
 from pipeline.models.tavc import TAVC, TAVCConfig
+from pipeline.train.renderer import audio_relation
 from tests.killing import Killed, KillAt
 
 RELATION_DIM = 16
@@ -245,3 +247,87 @@ def test_train_step_benchmark_runs_the_stage_code_paths(tmp_path, capsys):
     assert [r["loop"] for r in rows] == ["pretrain_renderer", "train_tavc"]
     assert all(r["s_per_step"] > 0 and r["peak_gpu_MB"] is None for r in rows)
     assert "| small | pretrain_renderer |" in capsys.readouterr().out
+
+
+def test_joint_estimator_normalises_source_and_driving_together():
+    """`estimator_batch: joint` (the fix): one estimator call per step over source, driving and warped driving, so
+    in training mode a driving frame's motion is normalised with the source frames' statistics (it changes when
+    the sources change); `separate` (the reference code's per-call batches) normalises each group alone."""
+    calls = []
+    batch = _batch(b=3, seed=4)
+    other_sources = _batch(b=3, seed=5)["source"]
+    results = {}
+    for mode in ("joint", "separate"):
+        trainer = _trainer(dataclasses.replace(_cfg(), estimator_batch=mode))
+        handle = trainer.renderer.he_estimator.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        calls.clear()
+        trainer.generator_step(batch, 0)
+        results[mode] = list(calls)
+        handle.remove()
+        trainer.renderer.train()
+        with torch.no_grad():
+            he_d = trainer.estimate_motions([batch["source"], batch["driving"]])[1]
+            he_d_other = trainer.estimate_motions([other_sources, batch["driving"]])[1]
+        changed = not torch.allclose(he_d.exp, he_d_other.exp)
+        assert changed == (mode == "joint"), mode
+    assert results["joint"] == [3 * 3]  # source, driving, equivariance-warped driving in ONE call
+    assert results["separate"] == [3, 3, 3]
+
+
+def test_own_motion_reconstruction_is_the_renderer_driven_by_the_source_keypoints():
+    from pipeline.data.renderer import RendererEvalSet
+
+    trainer = _trainer()
+    b = _batch(b=2, seed=6)
+    data = RendererEvalSet(source=b["source"], driving=b["driving"], mel=b["mel"], clip_ids=np.array(["a", "b"]),
+                           speakers=np.array(["s", "t"]), positions=np.zeros((2, 2), np.int64),
+                           mouth_box=np.array([[0, 0, 8, 8]] * 2), mouth_delta=np.zeros(2), pose_delta=np.zeros(2))
+    own = trainer.reconstruct(data, own_motion=True)
+    r = trainer.renderer.eval()
+    with torch.no_grad():
+        kp_c = r.canonical_keypoints(b["source"])
+        he_s = r.estimate_motion(torch.cat([b["source"], b["driving"]])).split([2, 2])[0]
+        kp_s = transform_keypoints(kp_c, he_s)
+        relation = audio_relation(trainer.tavc, b["mel"])
+        expected = r(b["source"], kp_s, kp_s, relation).prediction
+    torch.testing.assert_close(own, expected)
+    assert not torch.allclose(own, trainer.reconstruct(data))  # the driving motion changes the output
+
+
+def test_coefficient_pose_teacher_supervises_source_and_driving_angles():
+    cfg = _cfg(pose_teacher="coefficients", loss_weights=RendererLossWeights(l1=10.0, equivariance=0.0))
+    trainer = _trainer(cfg)
+    batch = dict(_batch(b=2, seed=7), pose=torch.tensor([[[10.0, -5.0, 2.0], [-20.0, 3.0, 0.0]]] * 2))
+    g = trainer.generator_step(batch, 0)
+    assert "head_pose" in g.terms and g.terms["head_pose"].item() > 0
+    assert g.prediction.shape == batch["source"].shape
+    he_s, he_d = trainer.estimate_motions([batch["source"], batch["driving"]])[:2]  # same weights, train mode
+    from pipeline.losses.renderer import pose_bin_cross_entropy
+
+    ref = [torch.cat([batch["pose"][:, 0, k], batch["pose"][:, 1, k]]) for k in range(3)]
+    expected = sum((torch.cat([a, b]) - r).abs().mean() for (a, b), r in zip(zip(he_s.degrees(), he_d.degrees()), ref))
+    expected = expected + pose_bin_cross_entropy(
+        [torch.cat([he_s.yaw, he_d.yaw]), torch.cat([he_s.pitch, he_d.pitch]), torch.cat([he_s.roll, he_d.roll])], ref)
+    assert g.terms["head_pose"].item() == pytest.approx(float(expected), rel=1e-4)
+    assert "head_pose" not in _trainer().generator_step(_batch(b=2, seed=7), 0).terms  # hopenet without weights: off
+
+
+def test_summary_reports_both_baselines_and_the_motion_target():
+    from pipeline.train.renderer import motion_target, summarize
+
+    rng = np.random.default_rng(0)
+    clips = np.repeat(np.array(["c0", "c1", "c2", "c3"]), 8)
+    res = {}
+    for metric in ("l1", "mouth_l1", "lmd", "mouth_lmd"):
+        src = 1.0 + rng.random(32)
+        res[f"{metric}_source"] = src
+        res[f"{metric}_source_motion"] = src - 0.1
+        res[f"{metric}_generated"] = src - 0.5  # better than both baselines on every pair
+    s = summarize(res, clips, 200, 0)
+    m = s["mouth_lmd"]
+    assert m["improvement"] == pytest.approx(0.5) and m["improvement_vs_source_motion"] == pytest.approx(0.4)
+    assert m["improvement_ci_low"] > 0 and m["beats_baseline"] and m["beats_source_motion"]
+    assert motion_target(s)["met"]
+    res["mouth_l1_generated"] = res["mouth_l1_source_motion"] + 0.01  # the motion path adds nothing on mouth L1
+    target = motion_target(summarize(res, clips, 200, 0))
+    assert not target["met"] and target["mouth_l1_beats_source"] and not target["mouth_l1_beats_source_motion"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,12 @@ from pipeline.data.sampling import sample_rng
 
 EVAL_STREAM = 0x7E4D  # first keys of the evaluation pairs' random stream (training uses (step, slot))
 MIN_EVAL_GAP = 5  # frames between source and driving of an evaluation pair (so "output the source" is no answer)
+MOUTH_POINTS = slice(48, 68)  # 68-point iBUG mouth
+INNER_LIP = (62, 66)  # upper and lower inner-lip centre
+MOUTH_BOX_MARGIN = 0.3  # the mouth region of the L1 metric: the mouth landmarks' box, widened by 30 % on each side
+EvalSelection = Literal["random", "motion"]
+PairSampling = Literal["uniform", "motion"]
+MOTION_CANDIDATES = 4  # `motion` pair sampling: the source is the most different of this many uniform draws
 
 
 def to_float_image(frames: np.ndarray) -> np.ndarray:
@@ -95,7 +101,7 @@ def draw_pair(rng: np.random.Generator, frames: int, min_gap: int = 1) -> tuple[
 JITTER = 0.1  # FOMM / face-vid2vid augmentation: brightness, contrast, saturation and hue jitter of ±0.1
 
 
-def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = JITTER) -> np.ndarray:
+def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = JITTER) -> tuple[np.ndarray, bool]:
     """FOMM's training augmentation, identical for the source and the driving frame of a sample: a horizontal flip
     with probability 1/2 and one colour jitter (brightness, contrast, saturation factors in [1 − j, 1 + j], hue
     shift in ±j of the colour circle). It widens the colours and poses the renderer sees, so that it learns to carry
@@ -105,7 +111,7 @@ def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = J
         frames: (n, S, S, 3) uint8 frames of one sample (the same transform for all n).
         rng: the sample's random stream.
     Returns:
-        (n, S, S, 3) uint8.
+        (n, S, S, 3) uint8, and whether they were flipped (a mirrored head has its yaw and roll negated).
     """
     import cv2
 
@@ -123,7 +129,7 @@ def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = J
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)  # H in [0, 360)
         hsv[..., 0] = np.mod(hsv[..., 0] + hue, 360.0)
         out[i] = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out
+    return out, bool(flip)
 
 
 class RendererDataset(torch.utils.data.Dataset):
@@ -131,7 +137,9 @@ class RendererDataset(torch.utils.data.Dataset):
 
     Returns:
         ``source``, ``driving`` (3, S, S) float32 in [0, 1]; ``mel`` (2, 1, 80, 16) float32, the mel windows of
-        driving frames (d-1, d); ``clip`` (index into `clips`), ``source_index``, ``driving_index`` ints.
+        driving frames (d-1, d); ``pose`` (2, 3) float32, (yaw, pitch, roll) in degrees of the source and the
+        driving frame from preprocessing's coefficients (mirrored with the frames when the augmentation flips
+        them: yaw and roll change sign); ``clip`` (index into `clips`), ``source_index``, ``driving_index`` ints.
 
     Args:
         clips: clips to draw from (each with >= 2 frames).
@@ -139,27 +147,42 @@ class RendererDataset(torch.utils.data.Dataset):
         image_size: S, side of the returned images (crops are resized with `resize_square`).
         cache_mb: per-process cache of decoded, resized clips (0 disables it: every sample decodes its two frames).
         augment: apply :func:`augment_pair` (drawn from ``sample_rng(seed, step, slot, 1)``).
+        pair_sampling: ``uniform`` (FOMM / face-vid2vid: any two frames of a clip) or ``motion``: the driving frame
+            uniform, the source the most different (mouth opening + head pose, :func:`pair_motion_score`) of
+            ``MOTION_CANDIDATES`` uniform draws, so that more pairs need the motion path to be reconstructed.
     """
 
     def __init__(self, clips: Sequence[Clip], seed: int, image_size: int, cache_mb: int = 512,
-                 augment: bool = False) -> None:
+                 augment: bool = False, pair_sampling: PairSampling = "uniform") -> None:
         short = [c.clip_id for c in clips if c.frames < 2]
         if not clips or short:
             raise CorpusError(f"renderer dataset needs clips of >= 2 frames; got {len(clips)} clips, "
                               f"too short: {short[:5]}")
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if pair_sampling not in ("uniform", "motion"):
+            raise ValueError(f"pair_sampling must be 'uniform' or 'motion', got {pair_sampling!r}")
         self.clips = list(clips)
-        self.seed, self.image_size, self.augment = seed, image_size, augment
+        self.seed, self.image_size, self.augment, self.pair_sampling = seed, image_size, augment, pair_sampling
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=8)  # whole clips are decoded at once: few open readers needed
         self.cache = _ClipFrameCache(cache_mb * 2**20)
+        self.motion: list[tuple[np.ndarray, np.ndarray]] = []
+        if pair_sampling == "motion":
+            self.motion = [frame_motion(self.features, clip) for clip in self.clips]
+            self.motion_scales = motion_scales(self.motion)
 
     def draw(self, step: int, slot: int) -> RendererSampleSpec:
         """The clip and frames of sample (step, slot) — cheap, no decoding."""
         rng = sample_rng(self.seed, step, slot)
         c = int(rng.integers(0, len(self.clips)))
         s, d = draw_pair(rng, self.clips[c].frames)
+        if self.pair_sampling == "motion":
+            mouth, pose = self.motion[c]
+            candidates = [s] + [draw_pair(rng, self.clips[c].frames)[0] for _ in range(MOTION_CANDIDATES - 1)]
+            candidates = [x for x in candidates if x != d] or [s]
+            scores = [pair_motion_score(mouth, pose, x, d, *self.motion_scales) for x in candidates]
+            s = candidates[int(np.argmax(scores))]
         return RendererSampleSpec(c, s, d)
 
     def clip_bytes(self, clip: Clip) -> int:
@@ -194,10 +217,14 @@ class RendererDataset(torch.utils.data.Dataset):
         """Arrays of one sample; augmented with `rng` when given."""
         clip = self.clips[spec.clip]
         frames = self.frames(clip, [spec.source, spec.driving])  # (2, S, S, 3) uint8
+        pose = np.degrees(self.features.get_array(clip, "coeffs")[[spec.source, spec.driving], 64:67])  # (2, 3)
         if rng is not None:
-            frames = augment_pair(frames, rng)
+            frames, flipped = augment_pair(frames, rng)
+            if flipped:
+                pose = pose * np.array([-1.0, 1.0, -1.0])  # a mirrored head: yaw and roll change sign
         source, driving = to_float_image(frames)  # (3, S, S) each
         return {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
+                "pose": pose.astype(np.float32),
                 "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -233,6 +260,11 @@ class RendererEvalSet:
         clip_ids: (N,) clip id of each pair (the bootstrap's clusters).
         speakers: (N,) speaker of each pair.
         positions: (N, 2) int64 (source_index, driving_index).
+        mouth_box: (N, 4) int64 (x0, y0, x1, y1) in S px: the driving frame's mouth region (its mouth landmarks from
+            preprocessing, widened by ``MOUTH_BOX_MARGIN``), where the mouth-region L1 is measured.
+        mouth_delta: (N,) |inner-lip gap of source − of driving| in inter-ocular units (aligned landmarks).
+        pose_delta: (N,) Euclidean distance of the (yaw, pitch, roll) of source and driving, degrees.
+        selection: how the pairs were chosen: ``random`` (uniform, ≥ `min_gap` apart) or ``motion`` (largest motion).
     """
 
     source: torch.Tensor
@@ -241,34 +273,127 @@ class RendererEvalSet:
     clip_ids: np.ndarray
     speakers: np.ndarray
     positions: np.ndarray
+    mouth_box: np.ndarray
+    mouth_delta: np.ndarray
+    pose_delta: np.ndarray
+    selection: EvalSelection = "random"
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
 
+def frame_motion(features: FeatureStore, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame mouth opening (T,) (inner-lip gap of the aligned landmarks, inter-ocular units) and head pose (T, 3)
+    (yaw, pitch, roll in degrees) of a clip, from its preprocessing features."""
+    aligned = features.get_array(clip, "aligned")  # (T, 68, 3)
+    mouth = np.linalg.norm(aligned[:, INNER_LIP[0]] - aligned[:, INNER_LIP[1]], axis=-1)  # (T,)
+    iod = np.linalg.norm(aligned[:, 36] - aligned[:, 45], axis=-1)  # (T,) outer eye corners
+    pose = np.degrees(features.get_array(clip, "coeffs")[:, 64:67])  # (T, 3)
+    return mouth / np.maximum(iod, 1e-6), pose
+
+
+def motion_scales(motion: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Spread of the mouth opening (std) and of the head pose (std of the distance to the mean pose) over clips."""
+    mouth = np.concatenate([m for m, _ in motion])
+    pose = np.concatenate([p for _, p in motion])
+    return (max(float(mouth.std()), 1e-6), max(float(np.linalg.norm(pose - pose.mean(0), axis=-1).std()), 1e-6))
+
+
+def pair_motion_score(mouth: np.ndarray, pose: np.ndarray, s: int, d: int, mouth_scale: float,
+                      pose_scale: float) -> float:
+    """``|Δ mouth| / mouth_scale + ‖Δ pose‖ / pose_scale`` between frames s and d of a clip."""
+    return float(abs(mouth[s] - mouth[d]) / mouth_scale + np.linalg.norm(pose[s] - pose[d]) / pose_scale)
+
+
+def motion_pairs(mouth: np.ndarray, pose: np.ndarray, pairs: int, mouth_scale: float, pose_scale: float,
+                 min_gap: int = MIN_EVAL_GAP) -> list[tuple[int, int]]:
+    """The `pairs` (source, driving) pairs of one clip with the largest motion between them, no frame used twice.
+
+    Score of a pair: ``|Δ mouth| / mouth_scale + ‖Δ pose‖ / pose_scale`` (scales: the spread of each quantity over
+    the evaluated clips, so that lips and head count alike); pairs ≥ `min_gap` frames apart with d ≥ 1; greedy by
+    score, deterministic (ties by position).
+    """
+    t = len(mouth)
+    s_idx, d_idx = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")  # (T, T)
+    ok = (np.abs(s_idx - d_idx) >= min_gap) & (d_idx >= 1)
+    score = (np.abs(mouth[:, None] - mouth[None, :]) / mouth_scale
+             + np.linalg.norm(pose[:, None] - pose[None, :], axis=-1) / pose_scale)  # (T, T)
+    order = np.lexsort((d_idx[ok], s_idx[ok], -score[ok]))
+    cand_s, cand_d = s_idx[ok][order], d_idx[ok][order]
+    used: set[int] = set()
+    out: list[tuple[int, int]] = []
+    for a, b in zip(cand_s.tolist(), cand_d.tolist()):
+        if a in used or b in used:
+            continue
+        out.append((a, b))
+        used.update((a, b))
+        if len(out) == pairs:
+            break
+    return out
+
+
 def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_clip: int,
-                   min_gap: int = MIN_EVAL_GAP) -> RendererEvalSet:
-    """Decode the held-out pairs of :func:`eval_specs` (each clip's frames in one sorted decode)."""
+                   min_gap: int = MIN_EVAL_GAP, selection: EvalSelection = "random") -> RendererEvalSet:
+    """Decode held-out pairs (each clip's frames in one sorted decode).
+
+    Args:
+        selection: ``random``: the seeded uniform pairs of :func:`eval_specs`; ``motion``: per clip the
+            `pairs_per_clip` pairs with the largest mouth-opening and head-pose differences (:func:`motion_pairs`).
+    """
     if pairs_per_clip < 1:
         raise ValueError(f"pairs_per_clip must be >= 1, got {pairs_per_clip}")
     dataset = RendererDataset(clips, seed, image_size, cache_mb=0)
-    specs = eval_specs(clips, seed, pairs_per_clip, min_gap)
-    sources, drivings, mels = [], [], []
+    motion = [frame_motion(dataset.features, clip) for clip in clips]
+    if selection == "random":
+        specs = eval_specs(clips, seed, pairs_per_clip, min_gap)
+    elif selection == "motion":
+        mouth_scale, pose_scale = motion_scales(motion)
+        specs = []
+        for c, (m, p) in enumerate(motion):
+            found = motion_pairs(m, p, pairs_per_clip, mouth_scale, pose_scale, min_gap)
+            if len(found) < pairs_per_clip:
+                raise CorpusError(f"{clips[c].video}: only {len(found)} disjoint pairs {min_gap} frames apart "
+                                  f"(clip {clips[c].clip_id}, renderer motion evaluation set)")
+            specs += [RendererSampleSpec(c, a, b) for a, b in found]
+    else:
+        raise ValueError(f"selection must be 'random' or 'motion', got {selection!r}")
+    sources, drivings, mels, boxes, d_mouth, d_pose = [], [], [], [], [], []
     for c, clip in enumerate(clips):
         mine = [s for s in specs if s.clip == c]
         wanted = sorted({f for s in mine for f in (s.source, s.driving)})
-        by_frame = dict(zip(wanted, to_float_image(dataset.decode(clip, wanted))))  # frame -> (3, S, S)
+        raw = dataset.frame_store.frames(clip, wanted)  # (n, H, W, 3) the preprocessed crop
+        scale = image_size / raw.shape[2]
+        by_frame = dict(zip(wanted, to_float_image(np.stack([resize_square(f, image_size) for f in raw]))))
+        landmarks = dataset.features.get_array(clip, "landmarks")  # (T, 68, 3) in crop px
+        m, p = motion[c]
         for s in mine:
             sources.append(by_frame[s.source])
             drivings.append(by_frame[s.driving])
             mels.append(dataset.mels(clip, s.driving))  # (2, 1, 80, 16)
+            boxes.append(mouth_box(landmarks[s.driving, MOUTH_POINTS, :2] * scale, image_size))
+            d_mouth.append(abs(m[s.source] - m[s.driving]))
+            d_pose.append(float(np.linalg.norm(p[s.source] - p[s.driving])))
     return RendererEvalSet(
         source=torch.from_numpy(np.stack(sources)), driving=torch.from_numpy(np.stack(drivings)),
         mel=torch.from_numpy(np.stack(mels)),
         clip_ids=np.array([clips[s.clip].clip_id for s in specs]),
         speakers=np.array([clips[s.clip].speaker for s in specs]),
-        positions=np.array([(s.source, s.driving) for s in specs], dtype=np.int64))
+        positions=np.array([(s.source, s.driving) for s in specs], dtype=np.int64),
+        mouth_box=np.stack(boxes), mouth_delta=np.asarray(d_mouth, np.float64),
+        pose_delta=np.asarray(d_pose, np.float64), selection=selection)
+
+
+def mouth_box(points: np.ndarray, size: int, margin: float = MOUTH_BOX_MARGIN) -> np.ndarray:
+    """(x0, y0, x1, y1) int box (end-exclusive) around (20, 2) mouth points in S px, widened by `margin` of its
+    width/height on each side, at least 2 px wide and high, clipped to the image."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = (hi - lo) * margin
+    x0, y0 = np.floor(lo - pad).astype(int)
+    x1, y1 = np.ceil(hi + pad).astype(int) + 1
+    x0, y0 = max(0, min(x0, size - 2)), max(0, min(y0, size - 2))
+    x1, y1 = min(size, max(x1, x0 + 2)), min(size, max(y1, y0 + 2))
+    return np.array([x0, y0, x1, y1], dtype=np.int64)
 
 
 __all__ = ["RendererDataset", "RendererSampleSpec", "RendererEvalSet", "build_eval_set", "eval_specs", "draw_pair",
-           "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]
+           "frame_motion", "motion_pairs", "mouth_box", "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]

@@ -34,6 +34,7 @@ from torch import nn
 
 from pipeline.checkpoint import load_state_strict, map_keys, read_weight_file
 from pipeline.models.renderer.blocks import AntiAliasInterpolation2d, make_coordinate_grid
+from pipeline.models.renderer.keypoints import BIN_WIDTH_DEG
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -403,6 +404,19 @@ def head_pose_loss(pred_deg: Sequence[torch.Tensor], ref_deg: Sequence[torch.Ten
             raise ValueError(f"head_pose_loss: {name} expected two (B,) tensors, got {tuple(p.shape)} and "
                              f"{tuple(r.shape)}")
         terms.append((p - r.detach()).abs().mean())
+    return torch.stack(terms).sum()
+
+
+def pose_bin_cross_entropy(logits: Sequence[torch.Tensor], ref_deg: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Hopenet's classification term: ``Σ_{yaw,pitch,roll} mean_B CE(logits, bin(ref))``, bins of 3° centred on
+    ``3 i − 3 ⌊n/2⌋`` (the bins of `bins_to_degrees`). Added to :func:`head_pose_loss` when the teacher is
+    preprocessing's pose: the expectation-only L1 lets the softmax collapse onto the median bin before the
+    features have learnt the pose, after which its gradient vanishes (docs/decisions.md)."""
+    terms = []
+    for lg, r in zip(logits, ref_deg):
+        n = lg.shape[1]
+        target = torch.round(r.detach() / BIN_WIDTH_DEG).long().add(n // 2).clamp(0, n - 1)  # (B,)
+        terms.append(F.cross_entropy(lg, target))
     return torch.stack(terms).sum()
 
 

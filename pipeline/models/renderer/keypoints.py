@@ -69,6 +69,11 @@ class HeadMotion:
         yaw, pitch, roll = self.degrees()
         return rotation_matrix(radians(yaw), radians(pitch), radians(roll))  # (B, 3, 3)
 
+    def split(self, sizes: list[int]) -> list["HeadMotion"]:
+        """Split along the batch (sizes summing to B), e.g. the motions of one joint estimator call."""
+        parts = [torch.split(x, sizes) for x in (self.yaw, self.pitch, self.roll, self.t, self.exp)]
+        return [HeadMotion(*fields, in_degrees=self.in_degrees) for fields in zip(*parts)]
+
     def detach(self) -> "HeadMotion":
         return HeadMotion(self.yaw.detach(), self.pitch.detach(), self.roll.detach(), self.t.detach(),
                           self.exp.detach(), self.in_degrees)
