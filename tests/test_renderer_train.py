@@ -308,7 +308,7 @@ def test_coefficient_pose_teacher_supervises_source_and_driving_angles():
     expected = sum((torch.cat([a, b]) - r).abs().mean() for (a, b), r in zip(zip(he_s.degrees(), he_d.degrees()), ref))
     expected = expected + pose_bin_cross_entropy(
         [torch.cat([he_s.yaw, he_d.yaw]), torch.cat([he_s.pitch, he_d.pitch]), torch.cat([he_s.roll, he_d.roll])], ref)
-    assert g.terms["head_pose"].item() == pytest.approx(float(expected), rel=1e-4)
+    assert g.terms["head_pose"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert "head_pose" not in _trainer().generator_step(_batch(b=2, seed=7), 0).terms  # hopenet without weights: off
 
 
