@@ -34,7 +34,6 @@ from pipeline.config import from_dict, to_dict  # noqa: E402
 from pipeline.data.corpus import load_split_clips  # noqa: E402
 from pipeline.data.renderer import RendererDataset, build_eval_set  # noqa: E402
 from pipeline.data.sampling import seed_everything, step_loader  # noqa: E402
-from pipeline.losses.renderer import weighted_total  # noqa: E402
 from pipeline.models.tavc import load_tavc  # noqa: E402
 from pipeline.train.renderer import (RendererTrainer, TrainRendererConfig, _landmark_backend,  # noqa: E402
                                      evaluate_heldout, summarize)
@@ -67,21 +66,13 @@ def run_variant(name: str, cfg: TrainRendererConfig, processed: Path, tavc_path:
     t0 = time.perf_counter()
     losses = []
     for step, batch in enumerate(step_loader(dataset, cfg.batch_size, 0, cfg.steps, 0)):
-        trainer.set_learning_rate(step)
-        g = trainer.generator_step(batch, step)  # the stage's own generator update, written out to read gradients
-        trainer.opt_g.zero_grad(set_to_none=True)
-        total = weighted_total(g.terms, trainer.w)
-        total.backward()
-        if step % 10 == 0:
+        losses.append(trainer.train_step(batch, step)["generator_total"])  # the stage's own step
+        if step % 10 == 0:  # the renderer's gradients of this step are still in .grad (cleared at the next one)
             for n in NETWORKS:
                 module = getattr(trainer.renderer, n)
-                if module is not None:
-                    norms = [p.grad.norm() for p in module.parameters() if p.grad is not None]
-                    grads[n].append(float(torch.linalg.vector_norm(torch.stack(norms)))) if norms else None
-        trainer.opt_g.step()
-        if trainer.gan_active(step):
-            trainer.discriminator_update(batch["driving"], g.prediction.detach())
-        losses.append(float(total.detach()))
+                norms = [p.grad.norm() for p in module.parameters() if p.grad is not None] if module else []
+                if norms:
+                    grads[n].append(float(torch.linalg.vector_norm(torch.stack(norms))))
     seconds = time.perf_counter() - t0
     backend = _landmark_backend() if landmarks else None
     out = {"variant": name, "steps": cfg.steps, "train_clips": len(train), "seconds": round(seconds, 1),
@@ -126,8 +117,9 @@ def pose_diagnostic(trainer: RendererTrainer, data, clips) -> dict:
     out = {}
     for mode in ("eval", "train"):
         trainer.renderer.train(mode == "train")
-        est = torch.stack(trainer.renderer.estimate_motion(frames).degrees(), dim=1).numpy()  # (2N, 3)
-        exp = trainer.renderer.estimate_motion(frames).exp.flatten(1).numpy()
+        motion = trainer.renderer.estimate_motion(frames)
+        est = torch.stack(motion.degrees(), dim=1).numpy()  # (2N, 3)
+        exp = motion.exp.flatten(1).numpy()  # (2N, K*3)
         out[mode] = {name: {"r": float(np.corrcoef(est[:, k], truth[:, k])[0, 1]) if est[:, k].std() > 0 else 0.0,
                             "std_est": float(est[:, k].std()), "std_true": float(truth[:, k].std())}
                      for k, name in enumerate(("yaw", "pitch", "roll"))}

@@ -209,7 +209,7 @@ def test_samples_carry_the_preprocessing_pose_mirrored_with_a_flip(clips) -> Non
 
 
 def test_motion_pair_sampling_prefers_different_frames_and_stays_keyed(clips) -> None:
-    from pipeline.data.renderer import frame_motion, motion_scales, pair_motion_score
+    from pipeline.data.renderer import frame_motion, motion_scales, motion_score
 
     uniform = RendererDataset(clips, seed=3, image_size=S, cache_mb=0)
     motion = RendererDataset(clips, seed=3, image_size=S, cache_mb=0, pair_sampling="motion")
@@ -219,7 +219,7 @@ def test_motion_pair_sampling_prefers_different_frames_and_stays_keyed(clips) ->
     def mean_score(ds):
         specs = [ds.draw(step, slot) for step in range(40) for slot in range(4)]
         assert all(s.source != s.driving for s in specs)
-        return np.mean([pair_motion_score(*tables[s.clip], s.source, s.driving, *scales) for s in specs])
+        return np.mean([motion_score(*tables[s.clip], s.source, s.driving, *scales) for s in specs])
 
     assert mean_score(motion) > 1.3 * mean_score(uniform)
     assert motion.draw(7, 2) == motion.draw(7, 2)

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from pipeline.audio import mel_windows
-from pipeline.data.corpus import Clip, CorpusError, FeatureStore, FrameStore, resize_square
+from pipeline.data.corpus import MOUTH, Clip, CorpusError, FeatureStore, FrameStore, resize_square
 from pipeline.data.sampling import sample_rng
+from pipeline.faces.coeffs import mouth_opening
 
 EVAL_STREAM = 0x7E4D  # first keys of the evaluation pairs' random stream (training uses (step, slot))
 MIN_EVAL_GAP = 5  # frames between source and driving of an evaluation pair (so "output the source" is no answer)
-MOUTH_POINTS = slice(48, 68)  # 68-point iBUG mouth
-INNER_LIP = (62, 66)  # upper and lower inner-lip centre
 MOUTH_BOX_MARGIN = 0.3  # the mouth region of the L1 metric: the mouth landmarks' box, widened by 30 % on each side
 EvalSelection = Literal["random", "motion"]
 PairSampling = Literal["uniform", "motion"]
@@ -148,7 +147,7 @@ class RendererDataset(torch.utils.data.Dataset):
         cache_mb: per-process cache of decoded, resized clips (0 disables it: every sample decodes its two frames).
         augment: apply :func:`augment_pair` (drawn from ``sample_rng(seed, step, slot, 1)``).
         pair_sampling: ``uniform`` (FOMM / face-vid2vid: any two frames of a clip) or ``motion``: the driving frame
-            uniform, the source the most different (mouth opening + head pose, :func:`pair_motion_score`) of
+            uniform, the source the most different (mouth opening + head pose, :func:`motion_score`) of
             ``MOTION_CANDIDATES`` uniform draws, so that more pairs need the motion path to be reconstructed.
     """
 
@@ -181,7 +180,7 @@ class RendererDataset(torch.utils.data.Dataset):
             mouth, pose = self.motion[c]
             candidates = [s] + [draw_pair(rng, self.clips[c].frames)[0] for _ in range(MOTION_CANDIDATES - 1)]
             candidates = [x for x in candidates if x != d] or [s]
-            scores = [pair_motion_score(mouth, pose, x, d, *self.motion_scales) for x in candidates]
+            scores = motion_score(mouth, pose, np.asarray(candidates), d, *self.motion_scales)  # (n,)
             s = candidates[int(np.argmax(scores))]
         return RendererSampleSpec(c, s, d)
 
@@ -262,7 +261,8 @@ class RendererEvalSet:
         positions: (N, 2) int64 (source_index, driving_index).
         mouth_box: (N, 4) int64 (x0, y0, x1, y1) in S px: the driving frame's mouth region (its mouth landmarks from
             preprocessing, widened by ``MOUTH_BOX_MARGIN``), where the mouth-region L1 is measured.
-        mouth_delta: (N,) |inner-lip gap of source − of driving| in inter-ocular units (aligned landmarks).
+        mouth_delta: (N,) |mouth opening of source − of driving| (:func:`pipeline.faces.coeffs.mouth_opening`,
+            inter-ocular units).
         pose_delta: (N,) Euclidean distance of the (yaw, pitch, roll) of source and driving, degrees.
         selection: how the pairs were chosen: ``random`` (uniform, ≥ `min_gap` apart) or ``motion`` (largest motion).
     """
@@ -283,13 +283,10 @@ class RendererEvalSet:
 
 
 def frame_motion(features: FeatureStore, clip: Clip) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame mouth opening (T,) (inner-lip gap of the aligned landmarks, inter-ocular units) and head pose (T, 3)
-    (yaw, pitch, roll in degrees) of a clip, from its preprocessing features."""
-    aligned = features.get_array(clip, "aligned")  # (T, 68, 3)
-    mouth = np.linalg.norm(aligned[:, INNER_LIP[0]] - aligned[:, INNER_LIP[1]], axis=-1)  # (T,)
-    iod = np.linalg.norm(aligned[:, 36] - aligned[:, 45], axis=-1)  # (T,) outer eye corners
+    """Per-frame mouth opening (T,) (:func:`pipeline.faces.coeffs.mouth_opening` of the aligned landmarks) and head
+    pose (T, 3) (yaw, pitch, roll in degrees) of a clip, from its preprocessing features."""
     pose = np.degrees(features.get_array(clip, "coeffs")[:, 64:67])  # (T, 3)
-    return mouth / np.maximum(iod, 1e-6), pose
+    return mouth_opening(features.get_array(clip, "aligned")), pose
 
 
 def motion_scales(motion: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
@@ -299,25 +296,26 @@ def motion_scales(motion: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[floa
     return (max(float(mouth.std()), 1e-6), max(float(np.linalg.norm(pose - pose.mean(0), axis=-1).std()), 1e-6))
 
 
-def pair_motion_score(mouth: np.ndarray, pose: np.ndarray, s: int, d: int, mouth_scale: float,
-                      pose_scale: float) -> float:
-    """``|Δ mouth| / mouth_scale + ‖Δ pose‖ / pose_scale`` between frames s and d of a clip."""
-    return float(abs(mouth[s] - mouth[d]) / mouth_scale + np.linalg.norm(pose[s] - pose[d]) / pose_scale)
+def motion_score(mouth: np.ndarray, pose: np.ndarray, s: np.ndarray | int, d: np.ndarray | int, mouth_scale: float,
+                 pose_scale: float) -> np.ndarray:
+    """``|Δ mouth| / mouth_scale + ‖Δ pose‖ / pose_scale`` between frames s and d of a clip (index arrays broadcast:
+    one score per pair)."""
+    return (np.abs(mouth[s] - mouth[d]) / mouth_scale
+            + np.linalg.norm(pose[s] - pose[d], axis=-1) / pose_scale)
 
 
 def motion_pairs(mouth: np.ndarray, pose: np.ndarray, pairs: int, mouth_scale: float, pose_scale: float,
                  min_gap: int = MIN_EVAL_GAP) -> list[tuple[int, int]]:
     """The `pairs` (source, driving) pairs of one clip with the largest motion between them, no frame used twice.
 
-    Score of a pair: ``|Δ mouth| / mouth_scale + ‖Δ pose‖ / pose_scale`` (scales: the spread of each quantity over
-    the evaluated clips, so that lips and head count alike); pairs ≥ `min_gap` frames apart with d ≥ 1; greedy by
-    score, deterministic (ties by position).
+    Score of a pair: :func:`motion_score` (scales: the spread of each quantity over the evaluated clips, so that
+    lips and head count alike); pairs ≥ `min_gap` frames apart with d ≥ 1; greedy by score, deterministic (ties by
+    position).
     """
     t = len(mouth)
     s_idx, d_idx = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")  # (T, T)
     ok = (np.abs(s_idx - d_idx) >= min_gap) & (d_idx >= 1)
-    score = (np.abs(mouth[:, None] - mouth[None, :]) / mouth_scale
-             + np.linalg.norm(pose[:, None] - pose[None, :], axis=-1) / pose_scale)  # (T, T)
+    score = motion_score(mouth, pose, s_idx, d_idx, mouth_scale, pose_scale)  # (T, T)
     order = np.lexsort((d_idx[ok], s_idx[ok], -score[ok]))
     cand_s, cand_d = s_idx[ok][order], d_idx[ok][order]
     used: set[int] = set()
@@ -370,7 +368,7 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
             sources.append(by_frame[s.source])
             drivings.append(by_frame[s.driving])
             mels.append(dataset.mels(clip, s.driving))  # (2, 1, 80, 16)
-            boxes.append(mouth_box(landmarks[s.driving, MOUTH_POINTS, :2] * scale, image_size))
+            boxes.append(mouth_box(landmarks[s.driving, MOUTH, :2] * scale, image_size))
             d_mouth.append(abs(m[s.source] - m[s.driving]))
             d_pose.append(float(np.linalg.norm(p[s.source] - p[s.driving])))
     return RendererEvalSet(
@@ -396,4 +394,4 @@ def mouth_box(points: np.ndarray, size: int, margin: float = MOUTH_BOX_MARGIN) -
 
 
 __all__ = ["RendererDataset", "RendererSampleSpec", "RendererEvalSet", "build_eval_set", "eval_specs", "draw_pair",
-           "frame_motion", "motion_pairs", "mouth_box", "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]
+           "frame_motion", "motion_pairs", "motion_score", "mouth_box", "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import load_state_strict, save_checkpoint
 from pipeline.data.corpus import MOUTH, load_split_clips
-from pipeline.data.renderer import RendererDataset, RendererEvalSet, build_eval_set
+from pipeline.data.renderer import PairSampling, RendererDataset, RendererEvalSet, build_eval_set
 from pipeline.data.sampling import sample_generator, seed_everything, step_loader
 from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, RandomTransform, RendererLossWeights,
@@ -43,9 +43,9 @@ from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, R
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
                                       keypoint_prior_loss, pose_bin_cross_entropy, reconstruction_l1,
                                       weighted_total)
+from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.models import count_parameters
 from pipeline.models.renderer.keypoints import HeadMotion, bins_to_degrees, transform_keypoints
-from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.models.renderer.renderer import (CHECKPOINT_KIND, Renderer, RendererConfig, build_discriminator,
                                                load_sadtalker_renderer)
 from pipeline.models.tavc import TAVC, load_tavc, relationship
@@ -114,7 +114,7 @@ class TrainRendererConfig:
     pose_teacher: Literal["hopenet", "coefficients", "none"] = "hopenet"
     # Training pairs: `uniform` (face-vid2vid: any two frames of a clip) | `motion` (the source is the most
     # different of 4 draws: more pairs that need the motion path; pipeline.data.renderer.RendererDataset).
-    pair_sampling: Literal["uniform", "motion"] = "uniform"
+    pair_sampling: PairSampling = "uniform"
 
     def validate(self) -> None:
         for name in ("batch_size", "eval_pairs_per_clip", "log_every", "checkpoint_every", "bootstrap",
@@ -242,18 +242,19 @@ class RendererTrainer:
             terms["equivariance"] = equivariance_loss(kp_d, kp_t, transform)
         if w.keypoint_prior > 0:
             terms["keypoint_prior"] = keypoint_prior_loss(kp_d)
-        if w.head_pose > 0 and self.cfg.pose_teacher == "coefficients":
-            pose = batch["pose"].to(self.device)  # (B, 2, 3) degrees of (source, driving)
-            angles = [torch.cat(pair) for pair in zip(he_s.degrees(), he_d.degrees())]  # 3 x (2B,)
-            ref = [torch.cat([pose[:, 0, k], pose[:, 1, k]]) for k in range(3)]  # 3 x (2B,)
-            logits = [torch.cat([a, b]) for a, b in ((he_s.yaw, he_d.yaw), (he_s.pitch, he_d.pitch),
-                                                     (he_s.roll, he_d.roll))]  # 3 x (2B, bins)
-            terms["head_pose"] = head_pose_loss(angles, ref) + pose_bin_cross_entropy(logits, ref)
-        elif w.head_pose > 0 and self.pose_teacher is not None:
-            with torch.no_grad():
-                ref = [bins_to_degrees(x) for x in self.pose_teacher(torch.cat([src, drv]))]  # 3 x (2B,)
+        if w.head_pose > 0 and (self.cfg.pose_teacher == "coefficients" or self.pose_teacher is not None):
+            # source and driving angles against the teacher's: 3 x (2B,) degrees each
             angles = [torch.cat(pair) for pair in zip(he_s.degrees(), he_d.degrees())]
-            terms["head_pose"] = head_pose_loss(angles, ref)
+            if self.cfg.pose_teacher == "coefficients":
+                pose = batch["pose"].to(self.device)  # (B, 2, 3) degrees of (source, driving)
+                ref = [torch.cat([pose[:, 0, k], pose[:, 1, k]]) for k in range(3)]
+                logits = [torch.cat(pair) for pair in ((he_s.yaw, he_d.yaw), (he_s.pitch, he_d.pitch),
+                                                       (he_s.roll, he_d.roll))]  # 3 x (2B, bins)
+                terms["head_pose"] = head_pose_loss(angles, ref) + pose_bin_cross_entropy(logits, ref)
+            else:
+                with torch.no_grad():
+                    ref = [bins_to_degrees(x) for x in self.pose_teacher(torch.cat([src, drv]))]
+                terms["head_pose"] = head_pose_loss(angles, ref)
         if w.deformation_prior > 0:
             terms["deformation_prior"] = deformation_prior_loss(he_d.exp)
         return GeneratorStep(prediction=pred, kp_driving=kp_d, terms=terms)
@@ -320,9 +321,8 @@ class RendererTrainer:
         for s in range(0, len(data.source), batch_size):
             src = data.source[s:s + batch_size].to(self.device)
             drv = data.driving[s:s + batch_size].to(self.device)
-            n = src.shape[0]
             kp_c = r.canonical_keypoints(src)
-            he_s, he_d = r.estimate_motion(torch.cat([src, drv])).split([n, n])
+            he_s, he_d = self.estimate_motions([src, drv])
             kp_s = transform_keypoints(kp_c, he_s)
             kp_d = kp_s if own_motion else transform_keypoints(kp_c, he_d)
             relation = audio_relation(self.tavc, data.mel[s:s + batch_size].to(self.device)) \
