@@ -95,6 +95,13 @@ def _frames(signal: np.ndarray, frame_length: int, hop_length: int) -> np.ndarra
     return np.lib.stride_tricks.sliding_window_view(signal, frame_length)[::hop_length]  # (T, L)
 
 
+def rms_dbfs(wav: np.ndarray) -> float:
+    """RMS level of a float waveform in dB relative to full scale (1.0); ``-inf`` for digital silence."""
+    w = _as_waveform(wav).astype(np.float64)
+    power = float(np.mean(w * w))
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Wav2Lip / SadTalker mel spectrogram
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def syncnet_mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     those of ``32768 * wav``. Since a gain only adds a constant to every log filterbank energy, and the DCT maps a
     constant to coefficient 0 alone, which appendEnergy overwrites, the two differ only in column 0, by
     ``2 ln 32768 = 20.79`` (exactly :data:`INT16_LOG_ENERGY_OFFSET`, except frames of exact digital silence).
-    Pass int16 PCM here (or add the offset) to feed pretrained ``syncnet_v2`` weights.
+    Pass int16 PCM here (:func:`syncnet_input_mfcc` does) to feed pretrained ``syncnet_v2`` weights.
 
     Args:
         wav: (S,) float waveform, or int PCM to mirror syncnet_python exactly.
@@ -324,6 +331,26 @@ def syncnet_mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """
     feat, energy = _psf_fbank(wav, sample_rate)
     return _cepstra(np.log(feat), energy).astype(np.float32)
+
+
+def int16_pcm(wav: np.ndarray) -> np.ndarray:
+    """Float waveform (S,) -> int16 PCM (S,) exactly as ffmpeg converts float samples to s16 (libswresample:
+    ``av_clip_int16(lrintf(x * 32768))``, round half to even), i.e. the ``pcm_s16le`` wav syncnet_python reads."""
+    w = _as_waveform(wav).astype(np.float64)  # x * 32768 is exact in float32 and float64 (a power of two)
+    return np.clip(np.rint(w * INT16_FULL_SCALE), -INT16_FULL_SCALE, INT16_FULL_SCALE - 1).astype(np.int16)
+
+
+def syncnet_input_mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The MFCC syncnet_python feeds SyncNet for a float waveform: :func:`syncnet_mfcc` of its int16 PCM.
+
+    Not the float MFCC plus :data:`INT16_LOG_ENERGY_OFFSET`: on frames of digital silence psf floors the frame
+    energy at ``eps`` whatever the scale, so c0 is ``ln eps`` (-36.04) in both paths and adding the offset would
+    put it 20.79 too high; and samples under half an int16 step become exact zeros only in the int16 path.
+
+    Returns:
+        (N, 13) float32 at 100 frames per second, int16 scale (what ``syncnet_v2`` weights expect).
+    """
+    return syncnet_mfcc(int16_pcm(wav), sample_rate)
 
 
 def _cepstra(log_feat: np.ndarray, energy: np.ndarray) -> np.ndarray:

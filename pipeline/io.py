@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,51 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Load every array of an .npz into memory (no pickles)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+class NotWritable(OSError):
+    """An output location the process cannot write to (checked before any expensive work)."""
+
+
+def check_writable(*folders: str | os.PathLike[str]) -> None:
+    """Create each folder if needed and prove it writable by creating and deleting a temporary file in it.
+
+    A real write rather than `os.access`: root passes `os.access` on read-only folders, and read-only mounts,
+    full disks, quotas and paths under a regular file only show on an actual write.
+
+    Raises:
+        NotWritable: naming the first folder that cannot be written and why.
+    """
+    for folder in folders:
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".tmp-writable-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise NotWritable(f"output folder {folder} is not writable: {err.strerror or err}") from err
+
+
+def verify_npz(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> str | None:
+    """Why the .npz at `path` cannot be trusted, or None when it is whole.
+
+    An integrity read: the zip's central directory, every member's CRC (`ZipFile.testzip`, which decompresses
+    each member), and the presence of the `required` members. A file cut short (full disk, a crash outside the
+    atomic write) or with flipped bytes fails here instead of crashing a later `np.load`.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            names = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+    if bad is not None:
+        return f"member {bad} fails its CRC check"
+    missing = [m for m in required if f"{m}.npy" not in names]
+    if missing:
+        return f"member(s) {', '.join(missing)} missing"
+    return None
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

@@ -56,12 +56,17 @@ from pipeline.faces.landmarks import (
     check_face_alignment_weights,
     make_backend,
 )
-from pipeline.io import atomic_path, file_digest, load_npz, remove_stale_temps, save_npz, write_json
+from pipeline.io import (atomic_path, check_writable, file_digest, load_npz, remove_stale_temps, save_npz, verify_npz,
+                         write_json)
 
 log = logging.getLogger(__name__)
 
 # Bump when pass-1 outputs change meaning, so stale cache entries are recomputed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the cache records the cropped clip's size and digest; silent and sideways inputs
+# Members a cache entry must hold to be trusted (besides passing its CRC check; see `_cached`).
+CACHE_MEMBERS = ("fingerprint", "meta", "clip_bytes", "clip_digest", "landmarks", "boxes", "scores", "rotation",
+                 "translation", "scale", "aligned", "wav", "mel", "mfcc", "fbank")
+SIDEWAYS_ROLL_DEG = 45.0  # a clip whose median roll is beyond ±45° is stored sideways (see `upright_turns`)
 STREAM_CHUNK_FRAMES = 128  # frames per decoded chunk when a clip is streamed
 BASIS_MAX_FRAMES = 200_000  # train frames used to fit the expression PCA (strided over clips beyond that)
 VIDEO_EXTENSIONS = ("mp4", "mkv", "avi", "mov", "webm")
@@ -106,6 +111,11 @@ class PreprocessConfig:
         crop_scale: crop side = this × the face box side (the box being the union of the clip's smoothed boxes).
         crf: x264 quality of the cropped clips (lower = better; 15 is visually lossless).
         max_memory_mb: clips whose decoded frames would need more memory are streamed in chunks (decoded twice).
+        silence_threshold_db: a clip whose audio RMS level (dBFS, whole clip) is below this is silent.
+        silent_audio: `reject` (reason `silent_audio`) or `keep` (a warning naming the clip and its level).
+        sideways: what to do with a clip whose median head roll is beyond ±45° (a portrait video stored sideways
+            without rotation metadata): `upright` turns it by the nearest multiple of 90° before cropping,
+            `reject` rejects it (reason `sideways`).
         split: speaker fractions per split.
     """
 
@@ -125,6 +135,9 @@ class PreprocessConfig:
     crop_scale: float = 1.8
     crf: int = 15
     max_memory_mb: int = 2048
+    silence_threshold_db: float = -60.0
+    silent_audio: Literal["reject", "keep"] = "reject"
+    sideways: Literal["upright", "reject"] = "upright"
     split: SplitConfig = SplitConfig()
 
     def validate(self) -> None:
@@ -140,6 +153,10 @@ class PreprocessConfig:
             raise ValueError("crf must be in 0..51")
         if self.box_smoothing_frames < 1:
             raise ValueError("box_smoothing_frames must be >= 1")
+        if self.silent_audio not in ("reject", "keep"):
+            raise ValueError(f"silent_audio must be reject | keep, got {self.silent_audio!r}")
+        if self.sideways not in ("upright", "reject"):
+            raise ValueError(f"sideways must be upright | reject, got {self.sideways!r}")
         if self.speaker_regex is not None:
             try:
                 re.compile(self.speaker_regex)
@@ -249,6 +266,13 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     if not info.has_video:
         raise media.MediaError(src, "no_video_stream", "the file has audio only")
     wav = media.read_audio(src, sample_rate=common.sample_rate)  # (S,) float32 mono
+    level = audio_features.rms_dbfs(wav)
+    if level < cfg.silence_threshold_db:  # before any video decoding: a silent clip teaches no lip sync
+        what = (f"the audio is silent: RMS level {level:.1f} dBFS over the clip < silence_threshold_db "
+                f"{cfg.silence_threshold_db:g}")
+        if cfg.silent_audio == "reject":
+            raise ClipRejected(src, "silent_audio", what)
+        log.warning("%s: %s; kept (silent_audio: keep)", job.rel, what)
 
     # Short clips are decoded once and kept in memory; long ones (HDTF videos run for minutes) are decoded twice
     # in chunks — once for landmarks, once for crop + encoding — so memory stays bounded.
@@ -265,6 +289,21 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
                 yield part.frames  # (t, H, W, 3)
 
     track: FaceTrack = backend.process_stream(chunks())
+    # A portrait video stored sideways without rotation metadata: turned upright by quarter turns before anything
+    # else (lossless), then landmarked again, since detectors and the pose fit are made for upright faces.
+    turns, roll = upright_turns(track.landmarks)
+    if turns:
+        what = f"the face is turned {roll:+.0f}° (median roll): the video is stored sideways without rotation metadata"
+        if cfg.sideways == "reject":
+            raise ClipRejected(src, "sideways", f"{what} (sideways: reject)")
+        log.warning("%s: %s; turning it %d° counter-clockwise (sideways: upright)", job.rel, what, 90 * turns)
+        stored_chunks = chunks
+
+        def chunks() -> Iterator[np.ndarray]:
+            for part in stored_chunks():
+                yield np.ascontiguousarray(np.rot90(part, k=turns, axes=(1, 2)))  # (t, H, W, 3) -> (t, W', H', 3)
+
+        track = backend.process_stream(chunks())
     n = track.num_frames
     duration = n / common.fps
     if duration < cfg.min_duration_s:
@@ -287,7 +326,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         raise ClipRejected(src, "multiple_faces", f"several faces in {multi:.0%} of frames "
                                                   f"> max_multi_face_fraction {cfg.max_multi_face_fraction:.0%}")
 
-    h, w = info.height, info.width
+    h, w = (info.width, info.height) if turns % 2 else (info.height, info.width)  # of the (upright) frames
     boxes = crop_mod.smooth_boxes(track.boxes, window=cfg.box_smoothing_frames)  # (T, 4)
     crop = crop_mod.fixed_crop(boxes, (h, w), scale=cfg.crop_scale)
     size = common.image_size
@@ -305,10 +344,12 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
     cropped = (crop_mod.apply_crop(c, crop, size) for c in chunks())  # (t, S, S, 3) per chunk
     media.write_video(clip_path, cropped, fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
+    clip_bytes, clip_digest = clip_path.stat().st_size, file_digest(clip_path)  # recorded: `_cached` checks them
 
     meta = {
         "clip_id": job.clip_id, "speaker": job.speaker, "source": job.rel,
-        "source_fps": info.fps, "source_width": info.width, "source_height": info.height,
+        "source_fps": info.fps, "source_width": w, "source_height": h, "upright_turn_deg": 90 * turns,
+        "audio_level_db": round(level, 2) if math.isfinite(level) else None,
         "source_duration_s": info.duration, "source_sample_rate": info.audio_sample_rate,
         "source_channels": info.audio_channels,
         "frames": n, "duration_s": duration, "face_fraction": face_fraction, "multi_face_fraction": multi,
@@ -318,6 +359,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     # The cache entry is written last: its presence (with a matching fingerprint) means the clip is complete.
     save_npz(out_dir / "cache" / f"{job.clip_id}.npz",
              fingerprint=np.array(fingerprint), meta=np.array(json.dumps(meta, sort_keys=True)),
+             clip_bytes=np.array(clip_bytes, dtype=np.int64), clip_digest=np.array(clip_digest),
              landmarks=lms, boxes=track.boxes.astype(np.float32), scores=track.scores.astype(np.float32),
              rotation=pose.rotation.astype(np.float32), translation=pose.translation.astype(np.float32),
              scale=pose.scale.astype(np.float32), aligned=pose.aligned.astype(np.float32),
@@ -325,16 +367,65 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     return ClipOutcome(job.clip_id, job.rel, "done", frames=n)
 
 
+def upright_turns(landmarks: np.ndarray, limit_deg: float = SIDEWAYS_ROLL_DEG) -> tuple[int, float]:
+    """Counter-clockwise quarter turns (0..3, ``np.rot90``'s k) that make a clip's face upright, and its median roll.
+
+    Roll is the angle of the line from landmark 36 (outer corner of the eye on the image's left) to 45, in image
+    coordinates (y down): 0 for an upright face, +90 for a picture turned 90° clockwise. The median is taken on
+    the circle (medians of sine and cosine), so upside-down faces near ±180° do not average to 0.
+
+    Args:
+        landmarks: (T, 68, 2+) pixel landmarks, NaN rows where none.
+        limit_deg: |median roll| up to this is upright (0 turns).
+
+    Returns:
+        (turns, roll in degrees); (0, 0.0) when no frame has landmarks.
+    """
+    eyes = landmarks[:, [36, 45], :2]  # (T, 2, 2)
+    ok = np.isfinite(eyes).all(axis=(1, 2))
+    if not ok.any():
+        return 0, 0.0
+    d = eyes[ok, 1] - eyes[ok, 0]  # (T', 2) from the left-hand eye corner to the right-hand one
+    angle = np.arctan2(d[:, 1], d[:, 0])  # (T',)
+    roll = math.degrees(math.atan2(float(np.median(np.sin(angle))), float(np.median(np.cos(angle)))))
+    if abs(roll) <= limit_deg:
+        return 0, roll
+    return round(roll / 90.0) % 4, roll
+
+
 def _cached(out_dir: Path, job: ClipJob, fingerprint: str) -> bool:
+    """Whether the clip's cache entry and cropped clip can be trusted for `fingerprint`.
+
+    A cache entry is verified before it is trusted: its zip structure and CRCs (an integrity read), its members,
+    and the cropped clip's size and content digest recorded in it. A damaged entry or clip (cut short by a full
+    disk or a crash outside the atomic write, bytes changed) is reported by name, deleted and recomputed.
+    """
     cache = out_dir / "cache" / f"{job.clip_id}.npz"
     clip = out_dir / "clips" / f"{job.clip_id}.mp4"
-    if not cache.is_file() or not clip.is_file():
+    if not cache.is_file():
+        clip.unlink(missing_ok=True)  # a clip without its cache entry was never finished
         return False
-    try:
+    damage = verify_npz(cache, ("fingerprint",))
+    if damage is None:
         with np.load(cache, allow_pickle=False) as z:
-            return str(z["fingerprint"]) == fingerprint
-    except (OSError, ValueError, KeyError):  # unreadable or partial: recompute
-        return False
+            if str(z["fingerprint"]) != fingerprint:
+                return False  # another file version or other settings: recomputed, nothing damaged
+            missing = [m for m in CACHE_MEMBERS if m not in z.files]
+            size, digest = (int(z["clip_bytes"]), str(z["clip_digest"])) if not missing else (0, "")
+        if missing:
+            damage = f"member(s) {', '.join(missing)} missing"
+        elif not clip.is_file():
+            damage = f"its cropped clip {clip} is missing"
+        elif clip.stat().st_size != size:
+            damage = f"its cropped clip {clip} has {clip.stat().st_size} bytes, {size} were written"
+        elif file_digest(clip) != digest:
+            damage = f"its cropped clip {clip} differs from the one written (content digest)"
+        else:
+            return True
+    log.warning("cache entry of %s is damaged (%s): discarding it and processing the clip again", job.rel, damage)
+    cache.unlink(missing_ok=True)
+    clip.unlink(missing_ok=True)
+    return False
 
 
 def _rejection_cache_path(out_dir: Path, clip_id: str) -> Path:
@@ -527,7 +618,8 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
             "source_channels": meta["source_channels"], "face_fraction": meta["face_fraction"],
             "multi_face_fraction": meta["multi_face_fraction"], "det_conf_mean": meta["det_conf_mean"],
             "det_conf_min": meta["det_conf_min"], "crop_x0": crop["x0"], "crop_y0": crop["y0"],
-            "crop_size": crop["size"],
+            "crop_size": crop["size"], "upright_turn_deg": meta["upright_turn_deg"],
+            "audio_level_db": meta["audio_level_db"],
         })
     manifest = pd.DataFrame(rows).sort_values("clip_id").reset_index(drop=True) if rows else pd.DataFrame()
     return rows, manifest
@@ -588,7 +680,8 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     if cfg.backend == "face_alignment":  # fail before any work (a worker that cannot start would stall the pool)
         check_face_alignment_weights(weights_dir, FACE_ALIGNMENT_FILES_3D if cfg.face_alignment_landmarks == "3D"
                                      else FACE_ALIGNMENT_FILES_2D)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Fail before any decoding when an output folder cannot be written (one message naming it).
+    check_writable(out_dir, *(out_dir / sub for sub in ("clips", "features", "cache")))
     n_tmp = remove_stale_temps(out_dir)
     if n_tmp:
         log.info("removed %d temporary file(s) left by an interrupted run", n_tmp)
@@ -657,8 +750,12 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
         _rejection_cache_path(out_dir, cid).unlink(missing_ok=True)
 
     rows, manifest = _finalize(out_dir, jobs, ok_ids, cfg, common) if ok_ids else ([], pd.DataFrame())
-    with atomic_path(out_dir / "manifest.parquet") as tmp:
-        manifest.to_parquet(tmp, index=False)
+    if rows:
+        with atomic_path(out_dir / "manifest.parquet") as tmp:
+            manifest.to_parquet(tmp, index=False)
+    else:  # no manifest rather than an empty one (or an earlier run's, whose clips are gone now)
+        (out_dir / "manifest.parquet").unlink(missing_ok=True)
+        (out_dir / "expression_basis.npz").unlink(missing_ok=True)
     rejected = sorted((o for o in outcomes if o.status == "rejected"), key=lambda o: o.clip_id)
     rej_df = pd.DataFrame([{"clip_id": o.clip_id, "source": o.src, "reason": o.reason,
                             "message": _relative_message(o.message, raw_dir)} for o in rejected],

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import CommonConfig
-from pipeline.io import load_npz, write_json
+from pipeline.io import check_writable, load_npz, write_json
 from pipeline.preprocess import ClipOutcome, PreprocessConfig, PreprocessSummary, run_preprocess
 
 SAMPLE_SECONDS = 10  # length cap of the sample video
@@ -117,8 +117,10 @@ def preprocess_and_report(raw_dir: Path, out_dir: Path, reports: Path, cfg: Prep
                           on_clip: Callable[[ClipOutcome], None] | None = None) -> PreprocessSummary:
     """`run_preprocess(raw_dir, out_dir, ...)`, then `write_reports(out_dir, reports, summary.metrics())`.
 
-    Raises what `run_preprocess` raises (`FileNotFoundError`, `NoUsableClips`), before any report is written.
+    Raises `pipeline.io.NotWritable` before any work when `out_dir` or `reports` cannot be written, and what
+    `run_preprocess` raises (`FileNotFoundError`, `NoUsableClips`), before any report is written.
     """
+    check_writable(out_dir, reports)
     summary = run_preprocess(raw_dir, out_dir, cfg, common, weights_dir=weights_dir, progress=progress,
                              on_clip=on_clip)
     write_reports(out_dir, reports, summary.metrics())

@@ -6,6 +6,10 @@ One MLflow experiment for the project, one run per executed DVC stage. A run car
 - params: the stage's params.yaml section and the common section (flattened, dotted keys);
 - metrics (also per step for training curves) and small artifacts (metrics.json, plots, contact sheets).
 
+A run whose process dies without closing it (SIGKILL, the out-of-memory killer, a power cut) would stay RUNNING
+forever; each run therefore records its process (`pid`, `process_start`, `host`), and a stage starting marks its own
+earlier RUNNING runs whose process is gone as KILLED, with a `killed_reason` tag (`mark_killed_runs`).
+
 Tracking store: by default `sqlite:///<project root>/mlflow.db` as an *absolute* path, so runs made by
 `dvc exp run --temp/--queue` (which execute in a throw-away copy under .dvc/tmp/exps) land in the project's
 database, with artifacts under `<project root>/mlartifacts`. A server URI (`http://...`) is used as given.
@@ -198,10 +202,65 @@ def _param_str(value: Any) -> str:
     return s if len(s) <= _MAX_PARAM_CHARS else s[: _MAX_PARAM_CHARS - 3] + "..."
 
 
+def _process_start(pid: int) -> str | None:
+    """Start time of process `pid` in clock ticks since boot (Linux /proc), None where unknown or gone. With the pid
+    it names one process: a pid reused by a later process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may contain spaces: fields 3, 4, ...
+    return fields[19] if len(fields) > 19 else None  # field 22: starttime
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    """Whether the process that recorded (`pid`, `start`) on this host still runs."""
+    now = _process_start(pid)
+    if now is not None or Path("/proc/self/stat").exists():
+        return now is not None and (start is None or now == start)
+    try:  # no /proc (not Linux): the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_killed_runs(client: Any, experiment_id: str, stage: str) -> list[str]:
+    """Mark `stage`'s runs that are still RUNNING but whose process on this host is gone as KILLED (MLflow's status
+    for that), with a `killed_reason` tag; returns their ids. Runs of other hosts, and runs that do not record their
+    process, are left alone (nothing says whether they still run)."""
+    import time
+
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'",
+                              max_results=1000)
+    killed = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("host") != host or not str(tags.get("pid", "")).isdigit():
+            continue
+        pid = int(tags["pid"])
+        if _process_alive(pid, tags.get("process_start") or None):
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        reason = (f"process {pid} on {host} ended without closing this run (killed: SIGKILL, out of memory or a crash "
+                  f"of the interpreter); marked KILLED by the next `{stage}` run, process {os.getpid()}, at {when}")
+        client.set_tag(run.info.run_id, "killed_reason", reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("MLflow run %s of `%s` was left RUNNING by process %d, which is gone: marked KILLED",
+                    run.info.run_id, stage, pid)
+        killed.append(run.info.run_id)
+    return killed
+
+
 def run_tags(ctx: RunContext, stage: str, data_ver: str) -> dict[str, str]:
     """The tags every stage run carries (see module docstring)."""
     tags = {
         "stage": stage,
+        "pid": str(os.getpid()),
+        "process_start": _process_start(os.getpid()) or "",
         "git_rev": ctx.git_rev,
         "git_dirty": str(ctx.git_dirty).lower(),
         "data_version": data_ver,
@@ -231,6 +290,7 @@ def stage_run(ctx: RunContext, stage: str, params: Mapping[str, Any], data_ver: 
     uri = resolve_tracking_uri(ctx)
     exp_id = ensure_experiment(ctx)
     client = mlflow.MlflowClient(tracking_uri=uri)
+    mark_killed_runs(client, exp_id, stage)
     run_name = f"{stage}:{ctx.dvc_exp_name}" if ctx.dvc_exp_name else stage
     run = client.create_run(exp_id, run_name=run_name, tags=run_tags(ctx, stage, data_ver))
     tracker = MlflowTracker(client, run.info.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,8 +36,61 @@ def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, color: tuple[int, i
     return out
 
 
+# Caption fonts, first match per character: DejaVu Sans (Latin, Greek, Cyrillic, ...; Debian `fonts-dejavu-core`,
+# also inside matplotlib) then Droid Sans Fallback (CJK; Debian `fonts-droid-fallback`). OpenCV's Hershey fonts
+# are ASCII only and print every other character as '?'.
+LABEL_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts-droid-fallback/truetype/DroidSansFallback.ttf",
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _label_fonts(size: int) -> tuple[tuple[object, frozenset[int]], ...]:
+    """(PIL font, code points it has glyphs for) of every available :data:`LABEL_FONTS` entry, matplotlib's DejaVu
+    Sans standing in when the system one is missing."""
+    import matplotlib
+    from fontTools.ttLib import TTFont
+    from PIL import ImageFont
+
+    paths = [p for p in LABEL_FONTS if os.path.isfile(p)]
+    if not paths or not paths[0].endswith("DejaVuSans.ttf"):
+        paths.insert(0, os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+    fonts = []
+    for p in paths:
+        with TTFont(p, lazy=True) as tt:
+            cmap = frozenset(tt.getBestCmap() or {})
+        fonts.append((ImageFont.truetype(p, size), cmap))
+    return tuple(fonts)
+
+
+def draw_label(image: np.ndarray, text: str, xy: tuple[int, int], size: int = 11,
+               color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Draw `text` (any script the :data:`LABEL_FONTS` cover) with its top-left corner at `xy`, in place; returns
+    `image` (RGB uint8). Each run of characters uses the first font that has glyphs for them."""
+    from PIL import Image, ImageDraw
+
+    fonts = _label_fonts(size)
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil)
+    x, y = xy
+    runs: list[tuple[object, str]] = []
+    for ch in text:
+        font = next((f for f, cmap in fonts if ord(ch) in cmap), fonts[0][0])
+        if runs and runs[-1][0] is font:
+            runs[-1] = (font, runs[-1][1] + ch)
+        else:
+            runs.append((font, ch))
+    for font, run in runs:
+        draw.text((x, y), run, font=font, fill=color)
+        x += draw.textlength(run, font=font)
+    image[...] = np.asarray(pil)
+    return image
+
+
 def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], columns: int = 6, tile: int = 160) -> np.ndarray:
-    """Grid of RGB tiles (resized to `tile`), each with a caption; returns an RGB uint8 image."""
+    """Grid of RGB tiles (resized to `tile`), each with a caption in any script; returns an RGB uint8 image."""
     import cv2
 
     n = max(1, len(tiles))
@@ -48,8 +102,8 @@ def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], columns: i
         r, c = divmod(i, cols)
         y, x = r * (tile + cap), c * tile
         sheet[y:y + tile, x:x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
-        cv2.putText(sheet, label[:24], (x + 2, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cell = np.ascontiguousarray(sheet[y + tile:y + tile + cap, x:x + tile])  # (cap, tile, 3): text is clipped
+        sheet[y + tile:y + tile + cap, x:x + tile] = draw_label(cell, label[:28], (2, 1))
     return sheet
 
 

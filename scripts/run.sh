@@ -4,7 +4,7 @@
 #   bash scripts/run.sh test [pytest args...]          -> runs the test suite
 #   bash scripts/run.sh setup                          -> only sets up (prints the environment's path)
 #
-# Setup: installs missing system packages (ffmpeg, espeak-ng) with apt-get, builds the pinned Python
+# Setup: installs missing system packages (ffmpeg, espeak-ng, caption fonts) with apt-get, builds the pinned Python
 # environment from requirements.lock in a cache folder keyed by the lock's hash (so fresh clones reuse it),
 # links it as ./.venv, initialises git/DVC state where needed.
 set -euo pipefail
@@ -22,6 +22,9 @@ install_system_packages() {
   command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
   command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
   ldconfig -p 2>/dev/null | grep -q 'libespeak-ng\.so\.1' || need+=(libespeak-ng1)
+  # caption fonts of the contact sheets (pipeline.viz.LABEL_FONTS): Latin/Greek/Cyrillic, and CJK
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+  [ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || need+=(fonts-droid-fallback)
   ((${#need[@]})) || return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -22,6 +22,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.config import CommonConfig, ConfigError, flatten, from_dict, to_dict
+from pipeline.io import NotWritable, check_writable
 
 T = TypeVar("T")
 log = logging.getLogger("tavce")
@@ -107,6 +108,15 @@ def run_context() -> tracking.RunContext:
         dvc_baseline_rev=os.environ.get("DVC_EXP_BASELINE_REV") or None,
         extra_tags=extra,
     )
+
+
+def require_writable(stage: str, *folders: Path) -> None:
+    """Stop the stage with one message naming the folder when an output folder cannot be written — before any
+    input is hashed, decoded or trained on."""
+    try:
+        check_writable(*folders)
+    except NotWritable as err:
+        raise SystemExit(f"{stage}: {err}") from err
 
 
 def tracking_enabled(args: argparse.Namespace) -> bool:
@@ -203,6 +213,7 @@ def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T]
     params = load_params(args.params)
     common = load_common(params, args.params)
     cfg = load_section(params, stage, config_cls, args.params)
+    require_writable(stage, args.out, args.reports)
     versioned = [args.processed / "manifest.parquet", *inputs]
     with tracked_stage(stage, args, {"common": common, stage: cfg}, versioned) as tracker:
         run = train(cfg, common.seed, processed=args.processed, out=args.out, reports=args.reports, tracker=tracker,

@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from pipeline.io import NotWritable
 from pipeline.preprocess import NoUsableClips, PreprocessConfig
 from pipeline.preprocess_report import preprocess_and_report
 from stages import common as sc
@@ -71,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(jobs)} video(s), {len(dup)} unusable id(s); config: {dataclasses.asdict(cfg)}")
         return 0
 
+    sc.require_writable("preprocess", args.out, args.reports)
     with sc.tracked_stage("preprocess", args, {"common": common, "preprocess": cfg}, [args.raw]) as tracker:
         try:
             summary = preprocess_and_report(args.raw, args.out, args.reports, cfg, common,
                                             weights_dir=_weights_dir(cfg))
-        except (FileNotFoundError, NoUsableClips) as err:  # a message, not a traceback
+        except (FileNotFoundError, NotWritable, NoUsableClips) as err:  # a message, not a traceback
             raise SystemExit(f"preprocess: {err}") from err
         metrics = summary.metrics()
         tracker.log_metrics(sc.numeric_metrics(metrics))

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sc.training_parser(STAGE, __doc__).parse_args(argv)
     _, run = sc.run_training_stage(STAGE, args, TrainSyncNetConfig, train_syncnet)
     m = run.metrics
-    log.info("%s: offset within ±1 for %.0f%% of %d shifted clips; LSE-D/LSE-C synced %.3f/%.3f vs shuffled %.3f/%.3f",
-             m["extractor"], 100 * m["offset_acc_pm1"], m["shifted_cases"], m["synced"]["lse_d"], m["synced"]["lse_c"],
+    log.info("%s [%s]: offset within ±1 for %.0f%% of %d shifted clips; LSE-D/LSE-C synced %.3f/%.3f vs shuffled %.3f/%.3f",
+             m["extractor"], m["status"], 100 * m["offset_acc_pm1"], m["shifted_cases"], m["synced"]["lse_d"], m["synced"]["lse_c"],
              m["shuffled"]["lse_d"], m["shuffled"]["lse_c"])
     return 0
 

@@ -42,15 +42,18 @@ def face_frames(n: int, size: int = 256, two_faces: bool = False, amplitude: flo
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 25, audio: bool = True, sample_rate: int = 16000,
-                channels: int = 1) -> Path:
-    """Encode frames (+ a 220 Hz tone) with the ffmpeg CLI; the codec follows the suffix."""
+                channels: int = 1, silent: bool = False) -> Path:
+    """Encode frames (+ a 220 Hz tone, or digital silence if `silent`) with the ffmpeg CLI; the codec follows the
+    suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n, h, w = frames.shape[:3]
     vargs, aargs = _CODECS[path.suffix.lower()]
     cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]
     if audio:
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency=220:sample_rate={sample_rate}:duration={n / fps + 0.5}",
+        source = (f"anullsrc=r={sample_rate}:cl=mono,atrim=duration={n / fps + 0.5}" if silent else
+                  f"sine=frequency=220:sample_rate={sample_rate}:duration={n / fps + 0.5}")
+        cmd += ["-f", "lavfi", "-i", source,
                 "-ac", str(channels), *aargs, "-shortest"]
     cmd += [*vargs, str(path)]
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)

@@ -259,3 +259,25 @@ def test_int16_pcm_input_mirrors_syncnet_python(speech: np.ndarray) -> None:
     assert sound.sum() > 100
     np.testing.assert_allclose(from_pcm[sound, 1:], from_float[sound, 1:], atol=1e-3)
     np.testing.assert_allclose(from_pcm[sound, 0] - from_float[sound, 0], A.INT16_LOG_ENERGY_OFFSET, atol=1e-3)
+
+
+def test_syncnet_input_equals_syncnet_python_including_silence(speech: np.ndarray, tmp_path: Path) -> None:
+    """The SyncNet input of a float waveform equals syncnet_python's own path, computed independently: ffmpeg writes
+    the float audio as a pcm_s16le wav (its own float->int16 conversion), scipy reads it, psf.mfcc. The signal has
+    exact digital silence (c0 = ln eps there in both paths), sub-LSB noise and speech."""
+    from pipeline.data.syncnet import syncnet_audio
+
+    quiet = (np.random.default_rng(1).standard_normal(SR // 2) * 0.2 / A.INT16_FULL_SCALE).astype(np.float32)
+    wav = np.concatenate([np.zeros(SR // 2, np.float32), quiet, 0.8 * speech, np.zeros(SR // 4, np.float32)])
+    raw, wav_file = tmp_path / "audio.f32le", tmp_path / "audio.wav"
+    wav.astype("<f4").tofile(raw)
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "f32le", "-ar", str(SR), "-ac", "1",
+                    "-i", str(raw), "-c:a", "pcm_s16le", str(wav_file)], check=True)
+    rate, pcm = scipy.io.wavfile.read(wav_file)
+    assert rate == SR and pcm.dtype == np.int16
+    np.testing.assert_array_equal(A.int16_pcm(wav), pcm)
+    reference = psf.mfcc(pcm, rate)  # syncnet_python: wavfile.read -> python_speech_features.mfcc, defaults
+    ours = syncnet_audio(wav)
+    silent = reference[:, 0] < np.log(np.finfo(float).eps) + 1e-6  # frames of exact digital silence
+    assert silent.sum() > 50  # the leading/trailing silence and the sub-LSB noise, which rounds to zeros
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)

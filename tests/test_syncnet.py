@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.audio import INT16_LOG_ENERGY_OFFSET
+from pipeline.audio import INT16_LOG_ENERGY_OFFSET, syncnet_mfcc
 from pipeline.checkpoint import WeightsError
 from pipeline.data.corpus import Clip
 from pipeline.data.syncnet import (SyncClip, SyncPairDataset, audio_input, collate_pairs, face_region, fit_length,
@@ -173,9 +173,10 @@ def _fake_clip(clip_id: str, speaker: str, frames: int, rng: np.random.Generator
 
 
 def test_audio_and_video_conventions() -> None:
-    mfcc = np.arange(26, dtype=np.float32).reshape(2, 13)
-    conv = syncnet_audio(mfcc)
-    assert np.allclose(conv[:, 0] - mfcc[:, 0], INT16_LOG_ENERGY_OFFSET) and np.array_equal(conv[:, 1:], mfcc[:, 1:])
+    wav = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype(np.float32)  # broadband: no empty band
+    conv, flt = syncnet_audio(wav), syncnet_mfcc(wav)  # int16 scale vs float scale: only c0 differs, by 2 ln 32768
+    assert np.allclose(conv[:, 0] - flt[:, 0], INT16_LOG_ENERGY_OFFSET, atol=1e-3)
+    assert np.allclose(conv[:, 1:], flt[:, 1:], atol=1e-2)
     feat = np.arange(10)[:, None]
     assert shift_rows(feat, 3)[:, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]  # delayed by 3 rows, edge-padded
     assert shift_rows(feat, -2)[:, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 9, 9]
@@ -343,3 +344,27 @@ def test_stage_cli(processed_corpus: Path, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(SystemExit, match="train_syncnet.bogus"):
         stage.main(args)
+
+
+def test_report_marks_the_metric_out_of_domain_when_ground_truth_is_not_recognised() -> None:
+    """Metric sanity: an extractor that finds the synced audio at offset 0 and is more confident on it than on
+    shuffled audio is in domain; one that finds ground truth at a wrong offset (here, video lagging its own features
+    by 4 frames: a model out of its domain) or is blind is marked out_of_domain, with the reasons."""
+    class Lagging(Oracle):
+        def forward_aud(self, audio: torch.Tensor) -> torch.Tensor:
+            return super().forward_aud(audio).roll(4, dims=0)  # window k gets window k - 4's audio (batch = clip)
+
+    class Blind(Oracle):
+        def forward_aud(self, audio: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(audio.shape[0], 5)
+
+    rng = np.random.default_rng(5)
+    clips = [_fake_clip(f"c{i}", f"s{i}", 60, rng) for i in range(3)]
+    good = evaluate_sync(Oracle(), clips, max_shift=2, vshift=8, batch=64).metrics
+    assert good["status"] == "in_domain" and good["domain"]["reasons"] == []
+    assert good["domain"]["ground_truth_offset_acc_pm1"] == 1.0 and good["domain"]["clips"] == 3
+    lagging = evaluate_sync(Lagging(), clips, max_shift=2, vshift=8, batch=64).metrics
+    assert lagging["status"] == "out_of_domain" and lagging["domain"]["ground_truth_offset_acc_pm1"] == 0.0
+    assert "within ±1 frame for 0% of 3 clips" in lagging["domain"]["reasons"][0]
+    blind = evaluate_sync(Blind(), clips, max_shift=2, vshift=8, batch=64).metrics
+    assert blind["status"] == "out_of_domain" and any("not above shuffled" in r for r in blind["domain"]["reasons"])

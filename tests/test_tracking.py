@@ -154,3 +154,53 @@ def test_data_version_independent_of_how_the_path_is_written(tmp_path: Path, mon
     (tmp_path / "raw" / "a.bin").write_bytes(b"x")
     monkeypatch.chdir(tmp_path)
     assert tracking.data_version([Path("raw")]) == tracking.data_version([tmp_path / "raw"])
+
+
+_HOLD_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline import tracking
+ctx = tracking.RunContext(root=Path(sys.argv[1]), git_rev="abc123")
+with tracking.stage_run(ctx, sys.argv[2], {}, "v") as t:
+    print(t.run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_run(root: Path, stage: str) -> tuple[subprocess.Popen, str]:
+    """A process that opens a run of `stage` and keeps it open; returns it and the run id."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(root), stage], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+@pytest.mark.timeout(180)
+def test_runs_of_killed_processes_are_marked_killed_at_the_next_start(tmp_path: Path) -> None:
+    """kill -9 leaves a run RUNNING; the stage's next run marks it KILLED with the reason. A run whose process
+    still runs, and another stage's run, are left alone."""
+    import mlflow
+
+    killed, killed_id = _hold_run(tmp_path, "preprocess")
+    alive, alive_id = _hold_run(tmp_path, "preprocess")
+    try:
+        killed.kill()  # SIGKILL: no `finally`, no set_terminated
+        killed.wait()
+        client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+        assert client.get_run(killed_id).info.status == "RUNNING"
+        other_id = client.create_run(client.get_run(killed_id).info.experiment_id, tags={
+            **client.get_run(killed_id).data.tags, "stage": "synth"}).info.run_id  # same dead process, other stage
+        with tracking.stage_run(_ctx(tmp_path), "preprocess", {}, "v2") as t:
+            new_id = t.run_id
+        run = client.get_run(killed_id)
+        assert run.info.status == "KILLED" and run.info.end_time is not None
+        reason = run.data.tags["killed_reason"]
+        assert f"process {killed.pid}" in reason and "marked KILLED by the next `preprocess` run" in reason
+        assert client.get_run(alive_id).info.status == "RUNNING"  # its process still runs
+        assert client.get_run(other_id).info.status == "RUNNING"  # another stage's: marked by that stage
+        assert client.get_run(new_id).info.status == "FINISHED"
+    finally:
+        for p in (killed, alive):
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.audio import (FPS, INT16_LOG_ENERGY_OFFSET, MFCC_WINDOW_VIDEO_FRAMES, SAMPLE_RATE,
-                            mfcc_window)
+from pipeline.audio import FPS, MFCC_WINDOW_VIDEO_FRAMES, SAMPLE_RATE, mfcc_window, syncnet_input_mfcc
 from pipeline.data.corpus import (Clip, CorpusError, FeatureStore, FrameStore, lower_face, mouth_roi,
                                   resize_square)
 from pipeline.data.sampling import sample_rng
@@ -30,14 +29,10 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 MOUTH_REGION_BOX_PX = 96  # side of the `mouth` region in a 256 px crop (method.md §1 mouth ROI: 72; this adds the chin)
 
 
-def syncnet_audio(mfcc: np.ndarray) -> np.ndarray:
-    """Float-scale psf MFCC (N, 13) of the feature files -> the int16-PCM-scale MFCC syncnet_python computes.
-
-    The two differ only in coefficient 0 (log frame energy), by ``2 ln 32768`` (see :func:`pipeline.audio.syncnet_mfcc`).
-    """
-    out = np.array(mfcc, dtype=np.float32, copy=True)  # (N, 13)
-    out[:, 0] += INT16_LOG_ENERGY_OFFSET
-    return out
+def syncnet_audio(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A clip's float waveform (S,) (the feature files' ``wav``) -> the int16-PCM-scale MFCC (N, 13) syncnet_python
+    computes, exactly, digital silence included (:func:`pipeline.audio.syncnet_input_mfcc`)."""
+    return syncnet_input_mfcc(wav, sample_rate)
 
 
 def shift_rows(feat: np.ndarray, rows: int) -> np.ndarray:
@@ -99,8 +94,9 @@ def load_sync_clips(clips: Sequence[Clip], region: str, size: int, features: Fea
     frames = frames or FrameStore()
     out = []
     for clip in clips:
-        mfcc = syncnet_audio(features.get_array(clip, "mfcc"))
-        n_samples = int(features.get_array(clip, "wav").shape[0])
+        wav = features.get_array(clip, "wav")  # (S,) float, 16 kHz
+        mfcc = syncnet_audio(wav)
+        n_samples = int(wav.shape[0])
         length = min(clip.frames, n_samples // SAMPLES_PER_FRAME)
         if length <= WINDOW:
             raise CorpusError(f"{clip.features}: clip {clip.clip_id} has {length} usable frames, SyncNet needs > {WINDOW}")

@@ -75,3 +75,72 @@ def lse(video_emb: torch.Tensor | np.ndarray, audio_emb: torch.Tensor | np.ndarr
     conf = torch.median(mdist) - minval
     return SyncResult(offset=int(vshift - int(minidx)), lse_d=float(minval), lse_c=float(conf),
                       mean_dist=mdist.numpy().copy())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metric sanity: does the extractor recognise ground truth on this data?
+# ----------------------------------------------------------------------------------------------------------------
+GROUND_TRUTH_TOLERANCE = 1  # frames: the true audio of a ground-truth video must be found within ±1 frame ...
+GROUND_TRUTH_MIN_FRACTION = 0.5  # ... for more than half of the clips ("most")
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """Whether a sync metric means anything on a data set: the rule every sync metric report follows (train_syncnet
+    and train_syncers now; `evaluate` applies it to the generated videos' data set).
+
+    The same extractor is run on the **ground-truth** videos of the same data with their own audio and with shuffled
+    audio (another clip's). It is `out_of_domain` when it does not recognise ground truth: the true offset (0) is
+    not found within ±:data:`GROUND_TRUTH_TOLERANCE` frames for more than half of the clips, or the ground truth's
+    mean LSE-C is not above the shuffled audio's. A number from an extractor that fails on real videos says nothing
+    about generated ones, so a report then carries ``status: out_of_domain`` beside its numbers.
+
+    Attributes:
+        status: ``in_domain`` | ``out_of_domain``.
+        reasons: why it is out of domain (empty when in domain).
+        ground_truth_offset_acc_pm1: fraction of ground-truth clips whose offset is within the tolerance.
+        ground_truth_lse_c / shuffled_lse_c: mean LSE-C of the ground truth with its own / with shuffled audio.
+        clips: ground-truth clips checked.
+    """
+
+    status: str
+    reasons: tuple[str, ...]
+    ground_truth_offset_acc_pm1: float
+    ground_truth_lse_c: float
+    shuffled_lse_c: float
+    clips: int
+
+    @property
+    def in_domain(self) -> bool:
+        return self.status == "in_domain"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"status": self.status, "reasons": list(self.reasons), "clips": self.clips,
+                "ground_truth_offset_acc_pm1": self.ground_truth_offset_acc_pm1,
+                "ground_truth_lse_c": self.ground_truth_lse_c, "shuffled_lse_c": self.shuffled_lse_c}
+
+
+def domain_check(ground_truth_offsets: np.ndarray | list[int], ground_truth_lse_c: np.ndarray | list[float],
+                 shuffled_lse_c: np.ndarray | list[float]) -> DomainCheck:
+    """:class:`DomainCheck` from the offset search on ground-truth clips (one value per clip).
+
+    Args:
+        ground_truth_offsets: (C,) AV offset found for each ground-truth clip with its own audio (truth: 0).
+        ground_truth_lse_c: (C,) its LSE-C.
+        shuffled_lse_c: (C,) LSE-C of the same videos with another clip's audio.
+    """
+    offsets = np.asarray(ground_truth_offsets, dtype=np.float64)
+    gt_c, sh_c = np.asarray(ground_truth_lse_c, dtype=np.float64), np.asarray(shuffled_lse_c, dtype=np.float64)
+    if offsets.size == 0 or offsets.shape != gt_c.shape or gt_c.shape != sh_c.shape:
+        raise ValueError(f"need one offset and two LSE-C values per ground-truth clip, got {offsets.shape}, "
+                         f"{gt_c.shape}, {sh_c.shape}")
+    acc = float(np.mean(np.abs(offsets) <= GROUND_TRUTH_TOLERANCE))
+    reasons = []
+    if acc <= GROUND_TRUTH_MIN_FRACTION:
+        reasons.append(f"the true offset of ground-truth videos is found within ±{GROUND_TRUTH_TOLERANCE} frame for "
+                       f"{acc:.0%} of {offsets.size} clips (needs more than {GROUND_TRUTH_MIN_FRACTION:.0%})")
+    if not gt_c.mean() > sh_c.mean():
+        reasons.append(f"ground-truth LSE-C {gt_c.mean():.3f} is not above shuffled audio's {sh_c.mean():.3f}")
+    return DomainCheck(status="out_of_domain" if reasons else "in_domain", reasons=tuple(reasons),
+                       ground_truth_offset_acc_pm1=acc, ground_truth_lse_c=float(gt_c.mean()),
+                       shuffled_lse_c=float(sh_c.mean()), clips=int(offsets.size))

@@ -9,7 +9,7 @@ Two streams map a 5-frame face window and the 20 MFCC rows of the same 0.2 s to 
 Input conventions (syncnet_python's, for every config so that trained and public weights are used alike):
 - video: ``(B, 3, 5, H, W)`` float **BGR** values in 0..255, no normalisation (cv2 images stacked along time);
 - audio: ``(B, 1, 13, 20)`` psf MFCC of **int16-scale** PCM (13 cepstra x 20 rows of 10 ms), no normalisation.
-  Feature files store float-scale MFCC; :func:`pipeline.data.syncnet.syncnet_audio` converts.
+  Feature files store float-scale MFCC; :func:`pipeline.data.syncnet.syncnet_audio` computes this input from the wav.
 
 The small configs keep every layer and stride and shrink only channel widths and the input side; the last lip
 convolution's kernel is derived from the input side so the lip stream always ends at 1x1 (224 -> 6, 64 -> 1).

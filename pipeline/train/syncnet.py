@@ -9,7 +9,10 @@ embeddings of every window, vshift 15):
   Delayed audio means video window k matches audio window k + s, which syncnet_python reports as offset **-s**; a
   clip counts as correct when the predicted offset is within ±1 frame of -s;
 - **synced vs shuffled**: LSE-D / LSE-C of the clip's own audio (s = 0) and of another held-out clip's audio
-  (preferably another speaker's), cut or edge-padded to the clip's length.
+  (preferably another speaker's), cut or edge-padded to the clip's length;
+- **metric sanity** (:class:`pipeline.metrics.lse.DomainCheck`): the held-out clips are ground truth, so the report's
+  ``status`` is ``out_of_domain`` (with the reasons under ``domain``) when the offset of their own audio is not
+  within ±1 frame for most clips or their LSE-C is not above shuffled audio's: its numbers then mean nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pipeline.data.syncnet import (WINDOW, SyncClip, SyncPairDataset, audio_inpu
 from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.syncnet import ContrastiveMarginLoss, pair_distance
 from pipeline.metrics.bootstrap import bootstrap_ci
-from pipeline.metrics.lse import lse
+from pipeline.metrics.lse import domain_check, lse
 from pipeline.models import count_parameters
 from pipeline.models.syncnet import CHECKPOINT_KIND, SyncNet, SyncNetConfig, load_syncnet_v2
 from pipeline.tracking import Tracker
@@ -194,7 +197,13 @@ def summarize(rows: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> dict[s
         return float(np.mean([p[key] for p in pairs]))
 
     synced_c, shuffled_c = mean("synced_lse_c"), mean("shuffled_lse_c")
+    # Metric sanity (pipeline.metrics.lse.DomainCheck): the held-out clips are ground truth, so an extractor that does
+    # not find their own audio at offset 0, or is not more confident on it than on shuffled audio, is out of its domain.
+    domain = domain_check([p["synced_offset"] for p in pairs], [p["synced_lse_c"] for p in pairs],
+                          [p["shuffled_lse_c"] for p in pairs])
     return {
+        "status": domain.status,
+        "domain": domain.as_dict(),
         "offset_acc_pm1": float(within.mean()),
         "offset_acc_pm1_ci95": [lo, hi],
         "offset_acc_exact": float((err == 0).mean()),
@@ -355,7 +364,8 @@ def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir:
     metrics = {
         "extractor": extractor_name(cfg),
         **evaluation.metrics,
-        "targets": {"offset_acc_pm1_ge_0.8": evaluation.metrics["offset_acc_pm1"] >= 0.8,
+        "targets": {"in_domain": evaluation.metrics["status"] == "in_domain",
+                    "offset_acc_pm1_ge_0.8": evaluation.metrics["offset_acc_pm1"] >= 0.8,
                     "lse_c_synced_gt_shuffled": evaluation.metrics["lse_c_gap"] > 0},
         "train": {"steps": cfg.steps, "clips": len(train), "parameters": count_parameters(model),
                   **{k: last[k] for k in ("loss", "d_pos", "d_neg") if k in last}},
@@ -368,6 +378,9 @@ def _log_eval(m: dict[str, Any], step: int, history: History, tracker: Tracker) 
     values = {"eval_offset_acc_pm1": m["offset_acc_pm1"], "eval_lse_d_synced": m["synced"]["lse_d"],
               "eval_lse_c_synced": m["synced"]["lse_c"], "eval_lse_d_shuffled": m["shuffled"]["lse_d"],
               "eval_lse_c_shuffled": m["shuffled"]["lse_c"]}
+    if m["status"] != "in_domain":
+        log.warning("SyncNet at step %d is out of its domain on the held-out clips: %s", step, "; ".join(
+            m["domain"]["reasons"]))
     if history.rows and history.rows[-1]["step"] == step:
         history.rows[-1].update(values)
     else:
@@ -405,7 +418,8 @@ def plot_report(run: SyncNetRun, folder: str | os.PathLike[str], vshift: int) ->
     ax0.plot([-lim, lim], [-lim, lim], "g--", lw=1)
     ax0.scatter(exp + jitter, pred, s=12, alpha=0.7)
     ax0.set(xlabel="expected offset (frames) = -audio delay", ylabel="predicted AV offset",
-            title=f"artificial shifts: {ev.metrics['offset_acc_pm1']:.0%} within ±1",
+            title=("OUT OF DOMAIN - " if ev.metrics["status"] != "in_domain" else "")
+            + f"artificial shifts: {ev.metrics['offset_acc_pm1']:.0%} within ±1",
             xlim=(-lim, lim), ylim=(-vshift - 1, vshift + 1))
     ax0.legend(fontsize=8)
     offsets = vshift - np.arange(2 * vshift + 1)  # offset of each mean_dist entry (syncnet_python sign)

@@ -1,0 +1,178 @@
+"""Reliability of preprocessing on inputs it has never seen (issue 17): unwritable output folders, damaged caches and
+clips, an empty raw folder, silent and sideways videos, non-ASCII names. Every file here is real: ffmpeg-made media,
+truncated or corrupted zips and mp4s, a folder path below a regular file (which even root cannot create)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import CommonConfig
+from pipeline.geometry import DEG_PER_RAD
+from pipeline.io import NotWritable, load_npz
+from pipeline.preprocess import NoUsableClips, PreprocessConfig, run_preprocess
+from tests import mediagen
+
+COMMON = CommonConfig(seed=0, fps=25, sample_rate=16000, image_size=128)
+CFG = PreprocessConfig(workers=1)
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _unwritable(tmp_path: Path, name: str) -> Path:
+    """A folder that cannot be created by anyone, root included: its parent is a regular file."""
+    blocker = tmp_path / f"{name}_is_a_file"
+    blocker.write_text("not a folder\n")
+    return blocker / name
+
+
+@pytest.fixture(scope="module")
+def one_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A raw folder with one talking-head clip, and its preprocessed output (the reference a repaired run must equal)."""
+    raw = tmp_path_factory.mktemp("raw")
+    mediagen.write_video(raw / "s0" / "c.mp4", mediagen.face_frames(40))
+    ref = raw.parent / (raw.name + "_ref")
+    run_preprocess(raw, ref, CFG, COMMON, progress=False)
+    return raw, ref
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Output folders that cannot be written: one message naming the folder, before any decoding
+# ----------------------------------------------------------------------------------------------------------------
+def test_unwritable_output_folders_fail_before_any_work(one_clip: tuple[Path, Path], tmp_path: Path) -> None:
+    from pipeline.preprocess_report import preprocess_and_report
+    from stages import preprocess as preprocess_stage
+    from stages import train_syncnet as syncnet_stage
+
+    raw, _ = one_clip
+    blocked_out, blocked_rep = _unwritable(tmp_path, "out"), _unwritable(tmp_path, "reports")
+    with pytest.raises(NotWritable, match=f"output folder {re.escape(str(blocked_out))} is not writable"):
+        run_preprocess(raw, blocked_out, CFG, COMMON, progress=False)
+    out = tmp_path / "out"
+    with pytest.raises(NotWritable, match=f"output folder {re.escape(str(blocked_rep))} is not writable"):
+        preprocess_and_report(raw, out, blocked_rep, CFG, COMMON, progress=False)
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no clip decoded, nothing written
+    # The stages say it in one line (no traceback), before hashing inputs or loading data.
+    with pytest.raises(SystemExit, match=f"^preprocess: output folder {re.escape(str(blocked_rep))} is not writable"):
+        preprocess_stage.main(["--raw", str(raw), "--out", str(out), "--reports", str(blocked_rep), "--no-track"])
+    with pytest.raises(SystemExit, match=f"^train_syncnet: output folder {re.escape(str(blocked_out))} is not writable"):
+        syncnet_stage.main(["--processed", str(tmp_path / "none"), "--out", str(blocked_out), "--reports",
+                            str(tmp_path / "rep"), "--no-track"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2-3. Damaged cache entries and cropped clips: reported by name, discarded, recomputed; the result equals a clean run
+# ----------------------------------------------------------------------------------------------------------------
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("target, damage", [("cache/s0/c.npz", _truncate), ("cache/s0/c.npz", _flip_middle),
+                                            ("clips/s0/c.mp4", _truncate)],
+                         ids=["cache_truncated", "cache_bytes_changed", "clip_truncated"])
+def test_damaged_cache_or_clip_is_discarded_and_recomputed(one_clip: tuple[Path, Path], tmp_path: Path, target: str,
+                                                           damage, caplog: pytest.LogCaptureFixture) -> None:
+    raw, ref = one_clip
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    damage(out / target)
+    with caplog.at_level(logging.WARNING, logger="pipeline.preprocess"):
+        summary = run_preprocess(raw, out, CFG, COMMON, progress=False)
+    assert (summary.processed, summary.cached, summary.clips_out) == (1, 0, 1)
+    warning = next(r.getMessage() for r in caplog.records if "damaged" in r.getMessage())
+    assert warning.startswith("cache entry of s0/c.mp4 is damaged (")
+    assert _tree_digest(out) == _tree_digest(ref)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. No usable clip: no manifest (neither an empty one nor an earlier run's)
+# ----------------------------------------------------------------------------------------------------------------
+def test_no_manifest_when_no_clip_is_usable(one_clip: tuple[Path, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoUsableClips, match="0 video"):
+        run_preprocess(tmp_path / "empty", tmp_path / "out", CFG, COMMON, progress=False)
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    _, ref = one_clip
+    shutil.copytree(ref, tmp_path / "earlier")  # an earlier run's outputs; every video is gone now
+    with pytest.raises(NoUsableClips):
+        run_preprocess(tmp_path / "empty", tmp_path / "earlier", CFG, COMMON, progress=False)
+    assert not (tmp_path / "earlier" / "manifest.parquet").exists()
+    assert not [p for p in (tmp_path / "earlier").rglob("*.npz")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Silent audio and sideways video
+# ----------------------------------------------------------------------------------------------------------------
+def test_silent_clip_is_rejected_with_its_level_or_kept_on_request(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    raw = tmp_path / "raw"
+    mediagen.write_video(raw / "quiet" / "c.mp4", mediagen.face_frames(40), silent=True)
+    with pytest.raises(NoUsableClips, match=r"\{'silent_audio': 1\}"):
+        run_preprocess(raw, tmp_path / "out", CFG, COMMON, progress=False)
+    rej = pd.read_csv(tmp_path / "out" / "rejected.csv")
+    assert rej.reason.tolist() == ["silent_audio"]
+    assert rej.message[0] == ("quiet/c.mp4: the audio is silent: RMS level -inf dBFS over the clip < "
+                              "silence_threshold_db -60")
+    keep = dataclasses.replace(CFG, silent_audio="keep")
+    with caplog.at_level(logging.WARNING, logger="pipeline.preprocess"):
+        summary = run_preprocess(raw, tmp_path / "kept", keep, COMMON, progress=False)
+    assert summary.clips_out == 1
+    assert "quiet/c.mp4: the audio is silent: RMS level -inf dBFS" in caplog.text and "kept" in caplog.text
+    assert pd.isna(pd.read_parquet(tmp_path / "kept" / "manifest.parquet").audio_level_db[0])
+
+
+def test_sideways_portrait_video_is_turned_upright_or_rejected(tmp_path: Path) -> None:
+    """A video stored turned 90° clockwise without rotation metadata: the face's roll is ~+90°. It is turned upright
+    before cropping (its crop then shows an upright head: roll ~0), or rejected as `sideways` on request."""
+    raw = tmp_path / "raw"
+    frames = np.ascontiguousarray(np.rot90(mediagen.face_frames(40), k=-1, axes=(1, 2)))  # (T, W, H, 3) clockwise
+    mediagen.write_video(raw / "phone" / "c.mp4", frames)
+    summary = run_preprocess(raw, tmp_path / "out", CFG, COMMON, progress=False)
+    assert summary.clips_out == 1
+    row = pd.read_parquet(tmp_path / "out" / "manifest.parquet").iloc[0]
+    assert row.upright_turn_deg == 90
+    roll = load_npz(tmp_path / "out" / row.features_path)["coeffs"][:, 66] * DEG_PER_RAD  # (T,) degrees
+    assert abs(float(np.median(roll))) < 15
+    with pytest.raises(NoUsableClips, match=r"\{'sideways': 1\}"):
+        run_preprocess(raw, tmp_path / "rejected", dataclasses.replace(CFG, sideways="reject"), COMMON, progress=False)
+    message = pd.read_csv(tmp_path / "rejected" / "rejected.csv").message[0]
+    assert re.match(r"phone/c\.mp4: the face is turned \+(8\d|9\d)° \(median roll\): the video is stored sideways",
+                    message), message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Non-ASCII clip names on the contact sheet
+# ----------------------------------------------------------------------------------------------------------------
+def test_contact_sheet_renders_non_ascii_names() -> None:
+    """Distinct characters must render distinctly: OpenCV's Hershey fonts print every non-ASCII character as '?'
+    and a font without the glyphs prints the same empty box for all of them."""
+    from pipeline.viz import contact_sheet
+
+    tile = [np.zeros((64, 64, 3), np.uint8)]
+    sheet = {name: contact_sheet(tile, [name]) for name in ("clip_é_日本", "clip_?_??", "clip_e_本日", "clip_é_本日",
+                                                               "Дмитрий", "Дмитрии")}
+    assert not np.array_equal(sheet["clip_é_日本"], sheet["clip_?_??"])
+    assert not np.array_equal(sheet["clip_é_日本"], sheet["clip_é_本日"])  # 日 and 本 drawn as themselves
+    assert not np.array_equal(sheet["clip_é_本日"], sheet["clip_e_本日"])  # é is not e
+    assert not np.array_equal(sheet["Дмитрий"], sheet["Дмитрии"])
+    caption = sheet["clip_é_日本"][64:]  # (16, 64, 3) the caption strip
+    assert caption.min() < 100  # dark text on white
