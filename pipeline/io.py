@@ -80,23 +80,30 @@ class NotWritable(OSError):
 
 
 def check_writable(*folders: str | os.PathLike[str]) -> None:
-    """Create each folder if needed and prove it writable by creating and deleting a temporary file in it.
+    """Prove that each folder can be written, creating nothing: a temporary file is created and deleted in the folder,
+    or, when the folder does not exist yet, in its nearest existing ancestor (which must be a folder).
 
     A real write rather than `os.access`: root passes `os.access` on read-only folders, and read-only mounts,
-    full disks, quotas and paths under a regular file only show on an actual write.
+    full disks, quotas and paths below a regular file only show on an actual write.
 
     Raises:
         NotWritable: naming the first folder that cannot be written and why.
     """
     for folder in folders:
         folder = Path(folder)
+        existing = folder
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".tmp-writable-", dir=folder)
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a folder")
+            fd, probe = tempfile.mkstemp(prefix=".tmp-writable-", dir=existing)
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            raise NotWritable(f"output folder {folder} is not writable: {err.strerror or err}") from err
+            why = err.strerror if err.strerror else str(err)
+            where = "" if existing == folder or not existing.is_dir() else f"cannot create it in {existing}: "
+            raise NotWritable(f"output folder {folder} is not writable: {where}{why}") from err
 
 
 def verify_npz(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> str | None:

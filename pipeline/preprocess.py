@@ -682,6 +682,7 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
                                      else FACE_ALIGNMENT_FILES_2D)
     # Fail before any decoding when an output folder cannot be written (one message naming it).
     check_writable(out_dir, *(out_dir / sub for sub in ("clips", "features", "cache")))
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_tmp = remove_stale_temps(out_dir)
     if n_tmp:
         log.info("removed %d temporary file(s) left by an interrupted run", n_tmp)

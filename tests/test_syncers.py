@@ -350,6 +350,10 @@ def test_metrics_report_table2(trained):
     cell = m["rigid_offset"]["200ms"]
     assert cell["n_random"] == 2 * cell["n_gt"] > 0
     assert 0 <= cell["gt_mean"] <= TINY.evaluation.vshift and 0 <= cell["p_value"] <= 1
+    # metric sanity: every cell says whether it recognises ground truth; the report's status follows the rigid cells
+    assert cell["domain"]["status"] in ("in_domain", "out_of_domain") and cell["domain"]["clips"] == cell["n_gt"]
+    assert m["status"] == ("in_domain" if all(c["domain"]["status"] == "in_domain" for c in m["rigid_offset"].values())
+                           else "out_of_domain")
     json.dumps(m)  # JSON-able
 
 

@@ -17,7 +17,10 @@ Evaluation on the held-out speakers (`eval_splits`):
 - per family and level: the offset search of `pipeline.metrics.lse.lse` on sequences of `sequence_frames` frames
   (windows with stride 1 at that level; offsets in steps of that level), |AV-Off| of the ground truth vs the same
   motion re-paired with audio of another held-out clip (`random_draws` seeded draws per sequence); mean +- std and a
-  one-sided Mann-Whitney U test (ground truth smaller), as MS-Sync Table 2.
+  one-sided Mann-Whitney U test (ground truth smaller), as MS-Sync Table 2;
+- metric sanity (`pipeline.metrics.lse.DomainCheck`) per cell (``domain``), and ``status: out_of_domain`` when a rigid
+  scale does not recognise the held-out ground truth (offset within ±1 step for most sequences, LSE-C above the
+  re-paired audio's).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pipeline.data.syncers import (ClipStreams, NegativeSource, SyncerWindows, e
                                    sequence_pyramids)
 from pipeline.io import file_digest, write_json
 from pipeline.losses.syncers import InfoNCELoss, TripletLoss
-from pipeline.metrics.lse import lse
+from pipeline.metrics.lse import domain_check, lse
 from pipeline.models import count_parameters
 from pipeline.models.syncer import CHECKPOINT_KIND, Syncer, SyncerConfig
 from pipeline.pyramid import level_windows
@@ -433,6 +436,13 @@ def compare_offsets(gt: np.ndarray, rand: np.ndarray) -> dict[str, float]:
             "gt_better": bool(p < 0.05)}
 
 
+def _domain(d: dict[str, np.ndarray]) -> dict[str, object]:
+    """:class:`pipeline.metrics.lse.DomainCheck` of one offset-table cell (ground truth vs re-paired audio)."""
+    if not len(d["gt"]) or not len(d["random_conf"]):
+        return {"status": "out_of_domain", "reasons": ["no ground-truth sequence or no re-paired audio to check"]}
+    return domain_check(d["gt"], d["gt_conf"], d["random_conf"]).as_dict()
+
+
 def evaluate_syncers(model: nn.ModuleDict, cfg: TrainSyncersConfig, specs: Sequence[SyncerSpec],
                      streams: dict[str, tuple[list[ClipStreams], list[ClipStreams]]], seed: int
                      ) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, np.ndarray]]]]:
@@ -451,10 +461,15 @@ def evaluate_syncers(model: nn.ModuleDict, cfg: TrainSyncersConfig, specs: Seque
         metrics[f"{fam}_offset"] = {
             f"{scale_ms(lvl, cfg.window)}ms": {**compare_offsets(d["gt"], d["random"]),
                                                "gt_conf_mean": float(d["gt_conf"].mean()),
-                                               "random_conf_mean": float(d["random_conf"].mean())}
+                                               "random_conf_mean": float(d["random_conf"].mean()),
+                                               "domain": _domain(d)}
             for lvl, d in table.items()}
     rigid = metrics["rigid_offset"]
     metrics["rigid_gt_better_all_scales"] = bool(all(v["gt_better"] for v in rigid.values()))
+    # Metric sanity (pipeline.metrics.lse.DomainCheck) of the AV-offset metric: every rigid scale must recognise the
+    # held-out ground truth, else the metric is out of its domain on this data.
+    metrics["status"] = ("in_domain" if all(v["domain"]["status"] == "in_domain" for v in rigid.values())
+                         else "out_of_domain")
     return metrics, offsets
 
 
