@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cfg.speakers * cfg.clips_per_speaker} clip(s); config: {dataclasses.asdict(cfg)}")
         return 0
 
+    sc.require_writable("synth", args.out, args.metrics.parent)
     with sc.tracked_stage("synth", args, {"common": common, "synth": cfg}, []) as tracker:
         # The one place where the stage's summary is produced (metrics.json and the tracker both log it).
         summary = generate_corpus(cfg, args.out, seed=common.seed, progress=not args.no_progress)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sc.load_params(args.params)
     common = sc.load_common(params, args.params)
 
+    sc.require_writable("synth_check", args.reports)
     with sc.tracked_stage("synth_check", args, {"common": common}, [args.processed / "manifest.parquet"]) as tracker:
         metrics = check_and_report(args.raw, args.processed, args.reports)
         tracker.log_metrics(sc.numeric_metrics(metrics))

@@ -55,6 +55,8 @@ def one_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_unwritable_output_folders_fail_before_any_work(one_clip: tuple[Path, Path], tmp_path: Path) -> None:
     from pipeline.preprocess_report import preprocess_and_report
     from stages import preprocess as preprocess_stage
+    from stages import synth as synth_stage
+    from stages import synth_check as synth_check_stage
     from stages import train_syncnet as syncnet_stage
 
     raw, _ = one_clip
@@ -71,6 +73,11 @@ def test_unwritable_output_folders_fail_before_any_work(one_clip: tuple[Path, Pa
     with pytest.raises(SystemExit, match=f"^train_syncnet: output folder {re.escape(str(blocked_out))} is not writable"):
         syncnet_stage.main(["--processed", str(tmp_path / "none"), "--out", str(blocked_out), "--reports",
                             str(tmp_path / "rep"), "--no-track"])
+    with pytest.raises(SystemExit, match=f"^synth: output folder {re.escape(str(blocked_out))} is not writable"):
+        synth_stage.main(["--out", str(blocked_out), "--metrics", str(tmp_path / "m.json"), "--no-track"])
+    with pytest.raises(SystemExit, match=f"^synth_check: output folder {re.escape(str(blocked_rep))} is not writable"):
+        synth_check_stage.main(["--raw", str(raw), "--processed", str(tmp_path / "none"), "--reports",
+                                str(blocked_rep), "--no-track"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
