@@ -4,6 +4,7 @@ configuration) must have exactly the same structure."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ import yaml
 
 from pipeline.config import CommonConfig, from_dict
 from pipeline.models import count_parameters
+from pipeline.models.audio2coeff import Audio2Coeff, generate_motion
 from pipeline.models.syncer import Syncer
 from pipeline.models.tavc import TAVC
+from pipeline.train.audio2coeff import TrainAudio2CoeffConfig
 from pipeline.train.syncers import TrainSyncersConfig, build_syncers, syncer_config
 from pipeline.train.syncnet import TrainSyncNetConfig, build_model
 from pipeline.train.renderer import TrainRendererConfig
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FULL = yaml.safe_load((ROOT / "configs/params.full.yaml").read_text())
 SMALL = yaml.safe_load((ROOT / "params.yaml").read_text())
 SECTIONS = {"train_tavc": TrainTAVCConfig, "train_syncnet": TrainSyncNetConfig, "train_syncers": TrainSyncersConfig,
-            "pretrain_renderer": TrainRendererConfig}
+            "pretrain_renderer": TrainRendererConfig, "train_audio2coeff": TrainAudio2CoeffConfig}
 
 
 def _keys(d: object, prefix: str = "") -> set[str]:
@@ -78,6 +81,24 @@ def test_full_syncers() -> None:
         assert scores.shape == (2, 3)
 
 
+@torch.no_grad()
+def test_full_audio2coeff_is_sadtalkers_and_ms_syncs() -> None:
+    """SPEC §4's measured SadTalker figures: ExpNet 2.85 M, PoseVAE 11.25 M with its training-only encoder and
+    discriminator (decoder 3.16 M); MS-Sync's generator at its paper size (512-d, 4 layers x 8 heads)."""
+    cfg = from_dict(TrainAudio2CoeffConfig, FULL["train_audio2coeff"], "train_audio2coeff")
+    model = Audio2Coeff(cfg.model).eval()
+    assert count_parameters(model.expnet) == 2_849_664
+    assert count_parameters(model.pose) == 11_251_897
+    assert count_parameters(model.pose.netG.decoder) == 3_156_497
+    ms = Audio2Coeff(replace(cfg.model, pose_generator="ms_sync")).eval()
+    layer = ms.pose.generator.temporal.layers[0]
+    assert len(ms.pose.generator.temporal.layers) == 4 and layer.self_attn.num_heads == 8
+    assert layer.self_attn.embed_dim == 512 and len(ms.pose.generator.branches) == 4
+    mel = torch.zeros(40, 1, 80, 16).numpy()
+    for m in (model, ms):
+        assert generate_motion(m, mel, torch.zeros(73).numpy()).shape == (40, 70)
+
+
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 def test_small_configs_are_much_smaller(section: str) -> None:
     """The default pipeline's models are the same architectures, narrowed for the CPU."""
@@ -89,6 +110,10 @@ def test_small_configs_are_much_smaller(section: str) -> None:
         n_small, n_full = count_parameters(build_model(small)), count_parameters(build_model(full))
     elif section == "train_syncers":
         n_small, n_full = count_parameters(build_syncers(small)), count_parameters(build_syncers(full))
+    elif section == "train_audio2coeff":
+        sizes = [sum(count_parameters(Audio2Coeff(replace(c.model, pose_generator=g))) for g in ("posevae", "ms_sync"))
+                 for c in (small, full)]
+        n_small, n_full = sizes
     else:
         from pipeline.models.renderer.renderer import Renderer
 
