@@ -227,3 +227,32 @@ def test_motion_pair_sampling_prefers_different_frames_and_stays_keyed(clips) ->
     assert all(a == b for a, b in same_driving)  # only the source choice changes
     with pytest.raises(ValueError, match="pair_sampling"):
         RendererDataset(clips, seed=3, image_size=S, pair_sampling="largest")
+
+
+def test_samples_carry_the_preprocessing_landmarks_scaled_and_mirrored_with_a_flip(clips) -> None:
+    from pipeline.data.renderer import crop_to_image_pixels
+
+    plain = RendererDataset(clips, seed=3, image_size=S, cache_mb=64)
+    spec = plain.draw(0, 0)
+    sample = plain[(0, 0)]
+    crop = FrameStore().frames(clips[spec.clip], [0]).shape[2]
+    raw = FeatureStore().get_array(clips[spec.clip], "landmarks")[[spec.source, spec.driving], :, :2]
+    assert sample["landmarks"].shape == (2, 68, 2) and sample["landmarks"].dtype == np.float32
+    np.testing.assert_allclose(sample["landmarks"], (raw + 0.5) * S / crop - 0.5, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(crop_to_image_pixels(np.array([[-0.5, crop - 0.5]]), crop, S), [[-0.5, S - 0.5]])
+    augmented = RendererDataset(clips, seed=3, image_size=S, cache_mb=64, augment=True)
+    flips = set()
+    for slot in range(12):
+        spec = augmented.draw(0, slot)
+        raw = FeatureStore().get_array(clips[spec.clip], "landmarks")[[spec.source, spec.driving], :, :2]
+        expected = (raw + 0.5) * S / crop - 0.5
+        got = augmented[(0, slot)]
+        pose = np.degrees(FeatureStore().get_array(clips[spec.clip], "coeffs")[[spec.source, spec.driving], 64:67])
+        flipped = not np.allclose(got["pose"], pose, rtol=1e-5)  # the pose tells whether the pair was mirrored
+        if flipped:  # mirrored about the image's vertical axis, same as the pixels
+            expected = expected * [-1.0, 1.0] + [S - 1.0, 0.0]
+        np.testing.assert_allclose(got["landmarks"], expected, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got["landmarks"][..., 1], (raw[..., 1] + 0.5) * S / crop - 0.5, rtol=1e-5,
+                                   atol=1e-4)  # y never changes
+        flips.add(flipped)
+    assert flips == {True, False}

@@ -267,3 +267,40 @@ def test_pose_bin_cross_entropy_targets_the_bin_of_the_reference_angle() -> None
     assert pose_bin_cross_entropy([uniform] * 3, [ref] * 3).item() == pytest.approx(3 * math.log(n), rel=1e-5)
     wrong = right.roll(5, dims=1)
     assert pose_bin_cross_entropy([wrong] * 3, [ref] * 3).item() > 30
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_landmark_flow_loss_is_zero_for_the_true_backward_warp_and_the_displacement_for_identity(align_corners):
+    from pipeline.losses.renderer import landmark_flow_loss, pixels_to_grid
+    from pipeline.models.renderer.blocks import make_coordinate_grid
+
+    size = 16
+    torch.manual_seed(0)
+    driving_px = torch.rand(2, 68, 2) * (size - 1)  # (B, N, 2) pixels
+    shift_px = torch.tensor([[1.5, -2.0], [0.0, 3.0]])  # the head moved by this from source to driving
+    source_px = driving_px - shift_px[:, None]
+    drv = pixels_to_grid(driving_px, size, align_corners)
+    src = pixels_to_grid(source_px, size, align_corners)
+    grid = make_coordinate_grid((3, size, size), torch.float32)  # (D, h, w, 3) identity, align_corners=True units
+    if not align_corners:  # pixel centres of the align_corners=False convention
+        grid = grid * (size - 1) / size
+    identity = grid[None].repeat(2, 1, 1, 1, 1)  # (B, D, h, w, 3)
+    shift_norm = src[:, :1] - drv[:, :1]  # (B, 1, 2) the same for every point
+    warp = identity.clone()
+    warp[..., :2] += shift_norm[:, :, None, None, :]
+    assert landmark_flow_loss(warp, src, drv, align_corners).item() == pytest.approx(0.0, abs=1e-5)
+    expected = (src - drv).abs().mean().item()  # the identity warp is wrong by the true displacement
+    assert landmark_flow_loss(identity, src, drv, align_corners).item() == pytest.approx(expected, rel=1e-4)
+    wrong = identity.clone().requires_grad_(True)
+    landmark_flow_loss(wrong, src, drv, align_corners).backward()
+    assert wrong.grad[..., :2].abs().sum() > 0 and wrong.grad[..., 2].abs().sum() == 0  # depth is not supervised
+    with pytest.raises(ValueError, match="point sets"):
+        landmark_flow_loss(identity, src[:, :3], drv, align_corners)
+
+
+def test_pixels_to_grid_conventions():
+    from pipeline.losses.renderer import pixels_to_grid
+
+    pts = torch.tensor([0.0, 7.0, 3.5])
+    assert pixels_to_grid(pts, 8, True).tolist() == pytest.approx([-1.0, 1.0, 0.0])
+    assert pixels_to_grid(pts, 8, False).tolist() == pytest.approx([-7 / 8, 7 / 8, 0.0])

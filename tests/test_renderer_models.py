@@ -430,3 +430,16 @@ def test_dense_motion_scale_factor_keeps_the_identity_and_shapes():
     assert out.deformation.shape == (2, cfg.appearance.reshape_depth, h, h, 3)
     assert torch.allclose(out.deformation, grid.expand_as(out.deformation), atol=1e-5)
     assert out.mask.shape[2:] == (cfg.appearance.reshape_depth, h, h) and out.occlusion.shape[2:] == (h, h)
+
+
+def test_zero_init_motion_starts_translation_and_expression_at_zero():
+    from pipeline.models.renderer.head_pose import HeadPoseConfig, HeadPoseExpressionEstimator
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    zero = HeadPoseExpressionEstimator(HeadPoseConfig(block_expansion=8, max_features=64, zero_init_motion=True), 5)
+    motion = zero(images)
+    assert motion.t.abs().max() == 0 and motion.exp.abs().max() == 0
+    assert motion.yaw.abs().max() > 0  # the pose heads keep their init
+    default = HeadPoseExpressionEstimator(HeadPoseConfig(block_expansion=8, max_features=64), 5)(images)
+    assert default.t.abs().max() > 0 and default.exp.abs().max() > 0  # face-vid2vid's init

@@ -331,3 +331,19 @@ def test_summary_reports_both_baselines_and_the_motion_target():
     res["mouth_l1_generated"] = res["mouth_l1_source_motion"] + 0.01  # the motion path adds nothing on mouth L1
     target = motion_target(summarize(res, clips, 200, 0))
     assert not target["met"] and target["mouth_l1_beats_source"] and not target["mouth_l1_beats_source_motion"]
+
+
+def test_landmark_flow_term_supervises_the_dense_motion_with_the_batch_landmarks():
+    cfg = _cfg(loss_weights=RendererLossWeights(l1=10.0, landmark_flow=10.0))
+    trainer = _trainer(cfg)
+    g = torch.Generator().manual_seed(3)
+    points = torch.rand(2, 2, 68, 2, generator=g) * 31  # (B, source/driving, 68, 2) px of the 32-px frames
+    batch = dict(_batch(b=2, seed=3), landmarks=points)
+    step = trainer.generator_step(batch, 0)
+    assert "landmark_flow" in step.terms and step.terms["landmark_flow"].item() > 0
+    trainer.renderer.zero_grad(set_to_none=True)
+    step.terms["landmark_flow"].backward()
+    dense = trainer.renderer.generator.dense_motion_network
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dense.mask.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.renderer.he_estimator.parameters())
+    assert "landmark_flow" not in _trainer().generator_step(_batch(b=2, seed=3), 0).terms  # weight 0: off, no landmarks needed

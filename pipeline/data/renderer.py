@@ -166,6 +166,7 @@ class RendererDataset(torch.utils.data.Dataset):
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=8)  # whole clips are decoded at once: few open readers needed
         self.cache = _ClipFrameCache(cache_mb * 2**20)
+        self.crop_sides: dict[str, int] = {}  # side of each clip's preprocessed crop (landmarks are in its pixels)
         self.motion: list[tuple[np.ndarray, np.ndarray]] = []
         if pair_sampling == "motion":
             self.motion = [frame_motion(self.features, clip) for clip in self.clips]
@@ -206,6 +207,7 @@ class RendererDataset(torch.utils.data.Dataset):
     def decode(self, clip: Clip, indices: Sequence[int]) -> np.ndarray:
         """Decode and resize frames (n, S, S, 3) uint8 (no cache)."""
         raw = self.frame_store.frames(clip, list(indices))  # (n, H, W, 3)
+        self.crop_sides[clip.clip_id] = int(raw.shape[2])
         return np.stack([resize_square(f, self.image_size) for f in raw])  # (n, S, S, 3)
 
     def mels(self, clip: Clip, driving: int) -> np.ndarray:
@@ -217,13 +219,16 @@ class RendererDataset(torch.utils.data.Dataset):
         clip = self.clips[spec.clip]
         frames = self.frames(clip, [spec.source, spec.driving])  # (2, S, S, 3) uint8
         pose = np.degrees(self.features.get_array(clip, "coeffs")[[spec.source, spec.driving], 64:67])  # (2, 3)
+        points = crop_to_image_pixels(self.features.get_array(clip, "landmarks")[[spec.source, spec.driving], :, :2],
+                                      self.crop_sides[clip.clip_id], self.image_size)  # (2, 68, 2)
         if rng is not None:
             frames, flipped = augment_pair(frames, rng)
             if flipped:
                 pose = pose * np.array([-1.0, 1.0, -1.0])  # a mirrored head: yaw and roll change sign
+                points = points * np.array([-1.0, 1.0]) + np.array([self.image_size - 1.0, 0.0])
         source, driving = to_float_image(frames)  # (3, S, S) each
         return {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
-                "pose": pose.astype(np.float32),
+                "pose": pose.astype(np.float32), "landmarks": points.astype(np.float32),
                 "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -381,6 +386,12 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
         pose_delta=np.asarray(d_pose, np.float64), selection=selection)
 
 
+def crop_to_image_pixels(points: np.ndarray, crop_side: int, image_size: int) -> np.ndarray:
+    """Points in crop pixels -> the same points in pixels of the crop resized to image_size (both with pixel
+    centres at integers)."""
+    return (np.asarray(points, np.float64) + 0.5) * (image_size / crop_side) - 0.5
+
+
 def mouth_box(points: np.ndarray, size: int, margin: float = MOUTH_BOX_MARGIN) -> np.ndarray:
     """(x0, y0, x1, y1) int box (end-exclusive) around (20, 2) mouth points in S px, widened by `margin` of its
     width/height on each side, at least 2 px wide and high, clipped to the image."""
@@ -394,4 +405,4 @@ def mouth_box(points: np.ndarray, size: int, margin: float = MOUTH_BOX_MARGIN) -
 
 
 __all__ = ["RendererDataset", "RendererSampleSpec", "RendererEvalSet", "build_eval_set", "eval_specs", "draw_pair",
-           "frame_motion", "motion_pairs", "motion_score", "mouth_box", "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]
+           "frame_motion", "crop_to_image_pixels", "motion_pairs", "motion_score", "mouth_box", "to_float_image", "EVAL_STREAM", "MIN_EVAL_GAP"]

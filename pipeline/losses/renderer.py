@@ -385,6 +385,45 @@ def deformation_prior_loss(exp: torch.Tensor) -> torch.Tensor:
     return exp.abs().sum(-1).mean()
 
 
+def pixels_to_grid(points: torch.Tensor, size: int, align_corners: bool) -> torch.Tensor:
+    """Pixel coordinates (pixel centres at integers, 0 … size−1) -> ``grid_sample``'s normalised [−1, 1] coordinates
+    under the given `align_corners` convention."""
+    if align_corners:
+        return points * (2.0 / max(size - 1, 1)) - 1.0
+    return (2.0 * points + 1.0) / size - 1.0
+
+
+def landmark_flow_loss(deformation: torch.Tensor, source_points: torch.Tensor, driving_points: torch.Tensor,
+                       align_corners: bool) -> torch.Tensor:
+    """Landmark-flow supervision of the dense motion (this project's addition, method.md §4.3; not in face-vid2vid).
+
+    The deformation is a backward warp: at a driving-frame location it holds where to sample the source. At each
+    facial landmark of the driving frame it must therefore point at the same landmark in the source frame:
+    ``mean |deformation_xy(p_driving) − p_source|`` over landmarks and every depth slice of the volume (the slices
+    hold different feature channels of one 2D image, so all must move the same in 2D). Preprocessing's 68 landmarks
+    exist for every clip, real or synthetic, so this teaches the motion path what a face's motion looks like before
+    the decoder learns to redraw the source without it (docs/decisions.md, "mask collapse").
+
+    Args:
+        deformation: (B, D, h, w, 3) source sampling coordinates (x, y, z) in grid_sample's normalised units.
+        source_points, driving_points: (B, N, 2) landmark (x, y) in the same normalised units.
+        align_corners: the convention of the coordinates (the renderer's).
+    Returns:
+        scalar, in normalised units (2 = the image side).
+    """
+    if deformation.ndim != 5 or deformation.shape[-1] != 3:
+        raise ValueError(f"landmark_flow_loss: expected a (B, D, h, w, 3) deformation, got {tuple(deformation.shape)}")
+    b, d, h, w, _ = deformation.shape
+    if source_points.shape != driving_points.shape or source_points.shape[0] != b or source_points.shape[-1] != 2:
+        raise ValueError(f"landmark_flow_loss: expected two ({b}, N, 2) point sets, got "
+                         f"{tuple(source_points.shape)} and {tuple(driving_points.shape)}")
+    field = deformation[..., :2].permute(0, 1, 4, 2, 3).reshape(b, d * 2, h, w)  # (B, 2D, h, w)
+    sampled = F.grid_sample(field, driving_points[:, :, None, :].to(field.dtype), mode="bilinear",
+                            padding_mode="border", align_corners=align_corners)  # (B, 2D, N, 1)
+    sampled = sampled[..., 0].view(b, d, 2, -1).permute(0, 1, 3, 2)  # (B, D, N, 2)
+    return (sampled - source_points[:, None].to(sampled.dtype)).abs().mean()
+
+
 def head_pose_loss(pred_deg: Sequence[torch.Tensor], ref_deg: Sequence[torch.Tensor]) -> torch.Tensor:
     """face-vid2vid's head-pose loss: ``Σ_{yaw,pitch,roll} mean_B |pred − ref|`` in degrees.
 
@@ -437,7 +476,9 @@ class RendererLossWeights:
     The perceptual weight multiplies :class:`PerceptualPyramidLoss`, whose per-layer `layer_weights` are relative:
     the effective weight of VGG layer l is ``perceptual · layer_weights[l]`` (face-vid2vid: 10 · 1 for each of the
     5 layers). `head_pose` must be 0 when no pretrained pose network is available (method.md §4.3). `l1` is not part of
-    face-vid2vid (0 at full size); small CPU configs may use it to converge faster.
+    face-vid2vid (0 at full size); small CPU configs may use it to converge faster. `landmark_flow`
+    (:func:`landmark_flow_loss`, preprocessing's landmarks as a teacher of the dense motion) is this project's
+    addition too: 0 = face-vid2vid.
     """
 
     perceptual: float = 10.0
@@ -448,6 +489,7 @@ class RendererLossWeights:
     head_pose: float = 20.0
     deformation_prior: float = 5.0
     l1: float = 0.0
+    landmark_flow: float = 0.0
 
     def validate(self) -> None:
         for f in fields(self):
@@ -478,5 +520,5 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: RendererLossWeigh
 __all__ = ["PerceptualConfig", "PerceptualPyramidLoss", "discriminator_hinge_loss",
            "generator_hinge_loss", "feature_matching_loss", "TransformConfig", "RandomTransform",
            "coordinate_grid_2d", "equivariance_loss", "keypoint_prior_loss", "deformation_prior_loss",
-           "head_pose_loss", "reconstruction_l1", "RendererLossWeights", "weighted_total", "KP_PRIOR_DISTANCE",
+           "head_pose_loss", "landmark_flow_loss", "pixels_to_grid", "reconstruction_l1", "RendererLossWeights", "weighted_total", "KP_PRIOR_DISTANCE",
            "KP_PRIOR_DEPTH"]

@@ -41,8 +41,8 @@ from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, R
                                       TransformConfig,
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
-                                      keypoint_prior_loss, pose_bin_cross_entropy, reconstruction_l1,
-                                      weighted_total)
+                                      keypoint_prior_loss, landmark_flow_loss, pixels_to_grid,
+                                      pose_bin_cross_entropy, reconstruction_l1, weighted_total)
 from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.models import count_parameters
 from pipeline.models.renderer.keypoints import HeadMotion, bins_to_degrees, transform_keypoints
@@ -257,6 +257,10 @@ class RendererTrainer:
                 terms["head_pose"] = head_pose_loss(angles, ref)
         if w.deformation_prior > 0:
             terms["deformation_prior"] = deformation_prior_loss(he_d.exp)
+        if w.landmark_flow > 0:
+            size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
+            points = pixels_to_grid(batch["landmarks"].to(self.device), size, ac)  # (B, 2, 68, 2)
+            terms["landmark_flow"] = landmark_flow_loss(out.deformation, points[:, 0], points[:, 1], ac)
         return GeneratorStep(prediction=pred, kp_driving=kp_d, terms=terms)
 
     def estimate_motions(self, frames: list[torch.Tensor]) -> list[HeadMotion]:

@@ -31,11 +31,18 @@ class HeadPoseConfig:
         block_expansion: channels of the 7x7 stem conv.
         max_features: width of the last stage (2048); earlier stages are /8, /4, /2.
         num_bins: pose bins per angle (66, hopenet).
+        zero_init_motion: start the translation and expression heads (``fc_t``, ``fc_exp``) at zero, so that a new
+            estimator's keypoints move only by the head rotation until training asks for more (this project's
+            addition; False = face-vid2vid's default init). With the default init and BatchNorm in training mode,
+            two frames of one clip get t and δ that differ by 17-18 px at 64 px from the first step (the true motion
+            is 2-3 px): every keypoint warp is then worse than the identity and the dense-motion mask learns to
+            drop them (docs/decisions.md, "mask collapse"). Pretrained weights overwrite it.
     """
 
     block_expansion: int = 64
     max_features: int = 2048
     num_bins: int = POSE_BINS
+    zero_init_motion: bool = False
 
     def validate(self) -> None:
         if self.block_expansion < 1:
@@ -80,6 +87,10 @@ class HeadPoseExpressionEstimator(nn.Module):
         self.fc_yaw = nn.Linear(w4, cfg.num_bins)
         self.fc_t = nn.Linear(w4, 3)
         self.fc_exp = nn.Linear(w4, 3 * num_kp)
+        if cfg.zero_init_motion:
+            for head in (self.fc_t, self.fc_exp):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     @staticmethod
     def _stack(prefix: str, channels: int, n: int) -> nn.Sequential:
