@@ -18,7 +18,8 @@ COPY = ["pipeline", "stages", "params.yaml", "configs", "dvc.yaml", ".dvcignore"
         ".dvc/.gitignore"]
 
 
-STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer")
+STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer",
+          "train_audio2coeff")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -51,6 +52,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     params["train_syncers"].update(eval_every=0, checkpoint_every=2, log_every=1, eval_samples=16)
     params["pretrain_renderer"].update(steps=2, eval_every=0, checkpoint_every=1, log_every=1, eval_pairs_per_clip=1,
                                        bootstrap=20, landmark_size=128)
+    params["train_audio2coeff"].update(steps=2, batch_size=2, eval_every=0, checkpoint_every=1, log_every=1)
+    params["train_audio2coeff"]["evaluation"].update(seeds=[0], random_draws=1, video_clips=1, bootstrap=20)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TAVCE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -83,8 +86,9 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert (path / "dvc.lock").is_file()
     runs = _runs(path)
     assert sorted(runs["tags.stage"]) == sorted(STAGES)
-    for stage in ("train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer"):
+    for stage in ("train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer", "train_audio2coeff"):
         assert (path / "reports" / stage / "metrics.json").is_file()
+    assert runs.set_index("tags.stage").loc["train_audio2coeff", "tags.lip_expert"].startswith("train_syncers ms1")
     assert (path / "reports/pretrain_renderer/samples.png").is_file()
     assert runs.set_index("tags.stage").loc["pretrain_renderer", "tags.perceptual_extractor"] == "vgg19_random_seed0"
     tavc = runs.set_index("tags.stage").loc["train_tavc"]
