@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from killing import KillAt, Killed
+from test_audio2coeff import TINY
 from torch import nn
 
-from killing import Killed, KillAt
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.data.audio2coeff import load_motion_clips, speaker_styles, window_sample
@@ -25,7 +26,6 @@ from pipeline.tracking import NullTracker
 from pipeline.train.audio2coeff import (EvaluationConfig, LossWeights, MSSyncGeneratorLoss, MSSyncLossConfig,
                                         TrainAudio2CoeffConfig, WeightsConfig, build_model, load_experts,
                                         train_audio2coeff, train_step)
-from test_audio2coeff import TINY
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_short_run_on_one_batch_lowers_every_fitted_loss(processed_corpus: Path,
 
 def test_train_resume_checkpoint_and_report(processed_corpus: Path, syncers: Path, tmp_path: Path) -> None:
     cfg = tiny_config(steps=6)
-    kw = dict(processed=processed_corpus, reports=tmp_path / "rep", progress=False, syncers=syncers)
+    kw = {"processed": processed_corpus, "reports": tmp_path / "rep", "progress": False, "syncers": syncers}
     full = train_audio2coeff(cfg, 0, out=tmp_path / "a", tracker=NullTracker(), **kw)
     with pytest.raises(Killed):
         train_audio2coeff(cfg, 0, out=tmp_path / "b", tracker=KillAt(3), **kw)

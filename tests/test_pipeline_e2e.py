@@ -115,3 +115,10 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert sorted(new.index) == ["pretrain_renderer", "train_tavc"]  # the renderer's CERL uses the TAVC encoder
     assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
     assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head
+
+    # the multi-scale sync loss switch of issue 11 (the workspace holds the lr variant's results, so only Audio2Coeff reruns)
+    exp = _run(["dvc", "exp", "run", "-n", "no-ms-sync", "-S", "train_audio2coeff.ms_sync.weight=0"], path, env)
+    assert "Running stage 'train_audio2coeff'" in exp and "Running stage 'train_syncers'" not in exp
+    runs = _runs(path)
+    a2c = runs[runs["tags.dvc_exp_name"].fillna("") == "no-ms-sync"].set_index("tags.stage")
+    assert list(a2c.index) == ["train_audio2coeff"] and a2c.loc["train_audio2coeff", "tags.ms_sync_loss"] == "off"

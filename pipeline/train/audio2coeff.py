@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import to_dict
-from pipeline.data.audio2coeff import (POSE, Audio2CoeffWindows, MotionClip, coefficient_landmarks,
-                                       load_motion_clips, pose_statistics, speaker_styles)
+from pipeline.data.audio2coeff import (Audio2CoeffWindows, MotionClip, coefficient_landmarks, load_motion_clips,
+                                       pose_statistics, speaker_styles)
 from pipeline.data.corpus import MOUTH, RIGID, load_split_clips
 from pipeline.data.sampling import sample_generator, sample_rng, seed_everything, step_loader
 from pipeline.data.syncers import motion_features
@@ -68,6 +68,7 @@ from pipeline.viz import draw_landmarks, plot_curves
 log = logging.getLogger(__name__)
 
 LIP_EXPERT = "train_syncers ms1 (200 ms, 68 landmarks, InfoNCE)"
+MIN_EVAL_FRAMES = 17  # shortest held-out clip: one 5-step window at the 800 ms rigid level (4 x 4 + 1 frames)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,7 +325,8 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
            tracker: Tracker, progress: bool, reports: Path) -> Audio2CoeffResult:
     ckpt_path = out_dir / "checkpoint.pt"
     basis = ExpressionBasis.load(processed / "expression_basis.npz")
-    train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, cfg.window, 2)
+    train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, cfg.window,
+                                               MIN_EVAL_FRAMES)
     styles = speaker_styles(train_clips)
     if len(styles) > cfg.model.posevae.num_classes:
         raise ValueError(f"{len(styles)} training speakers but model.posevae.num_classes is "
@@ -334,6 +336,11 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
     log.info("audio2coeff: %d train clips (%d speakers), %d held-out clips, pose generator %s, ms_sync.weight %g",
              len(train_set), len(styles), len(held_out), cfg.model.pose_generator, cfg.ms_sync.weight)
     experts = load_experts(syncers_path, cfg.device)
+    levels, win = len(experts.pyramid.syncers), experts.ms1.cfg.window
+    if cfg.ms_sync.weight > 0 and cfg.window < 2 ** (levels - 1) * (win - 1) + 1:
+        raise ValueError(f"model.posevae.seq_len {cfg.model.seq_len}: windows of {cfg.window} frames are too short for "
+                         f"the {levels}-level syncer pyramid of {syncers_path} (needs {2 ** (levels - 1) * (win - 1)} "
+                         f"+ 1 frames); use a longer seq_len or ms_sync.weight 0")
     fp = fingerprint(training_part(cfg), seed, file_digest(processed / "manifest.parquet"),
                      file_digest(processed / "expression_basis.npz"), file_digest(syncers_path))
 
@@ -456,7 +463,7 @@ def _interval(values: Sequence[float], cfg: TrainAudio2CoeffConfig, seed: int) -
     if not len(v):
         return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
     lo, hi = bootstrap_ci(v, n_boot=cfg.evaluation.bootstrap, seed=seed)
-    return {"mean": float(v.mean()), "ci_low": lo, "ci_high": hi, "n": int(len(v))}
+    return {"mean": float(v.mean()), "ci_low": lo, "ci_high": hi, "n": len(v)}
 
 
 def _offset(syncer: Syncer, audio: np.ndarray, landmarks: np.ndarray, points: slice, vshift: int) -> int:
@@ -536,8 +543,8 @@ def evaluate(model: Audio2Coeff, clips: Sequence[MotionClip], train_set: Sequenc
                        "train_mean": mouth_opening(_aligned(mean_e, clip, basis))})
 
         # lip sync: predicted expression with the pose held at the reference (only the face moves)
-        def still(e: np.ndarray) -> np.ndarray:
-            c = np.concatenate([e, np.repeat(true[:1, 64:70], len(e), 0), clip.coeffs[:, 70:71]], 1)
+        def still(e: np.ndarray, clip: MotionClip = clip) -> np.ndarray:
+            c = np.concatenate([e, np.repeat(clip.coeffs[:1, 64:70], len(e), 0), clip.coeffs[:, 70:71]], 1)
             return coefficient_landmarks(c, clip.identity, basis)
         off = {name: _offset(experts.ms1, clip.fbank, still(e), slice(0, 68), ev.vshift) for name, e in (
             ("offset_true_audio", expr), ("offset_truth", true_expr),

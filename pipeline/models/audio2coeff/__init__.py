@@ -214,7 +214,8 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
     models.eval()
     ref_t = torch.as_tensor(ref[:MOTION_DIM], device=dev)
     ratio_t = torch.as_tensor(ratio, device=dev)
-    expr = torch.cat([models.expnet(mel_t[None, i:i + chunk], ref_t[None, :NUM_EXPRESSION], ratio_t[None, i:i + chunk])[0]
+    ref_expr = ref_t[None, :NUM_EXPRESSION]  # (1, 64)
+    expr = torch.cat([models.expnet(mel_t[None, i:i + chunk], ref_expr, ratio_t[None, i:i + chunk])[0]
                       for i in range(0, T, chunk)])  # (T, 64)
 
     pose = np.repeat(ref[None, NUM_EXPRESSION:MOTION_DIM].astype(np.float64), T, axis=0)  # (T, 6)

@@ -137,7 +137,7 @@ class MSSyncGenerator(nn.Module):
         Returns:
             (B, T, 6) normalised poses x_1..x_T.
         """
-        b, t = mel.shape[:2]
+        t = mel.shape[1]
         audio = self.audio_pyramid(mel)  # (B, L, T, d)
         enc = time_encoding(t + 1, self.cfg.d_model, mel.device)  # (T+1, d)
         causal = torch.triu(torch.full((t + 1, t + 1), float("-inf"), device=mel.device), diagonal=1)

@@ -61,7 +61,8 @@ class PoseVAEConfig:
     def validate(self) -> None:
         AudioEncoderConfig(self.audio_width).validate()
         if self.seq_len < 8 or self.seq_len % 8:
-            raise ValueError(f"seq_len must be a positive multiple of 8 (the ResUNet halves it 3 times), got {self.seq_len}")
+            raise ValueError(f"seq_len must be a positive multiple of 8 (the ResUNet halves it 3 times), "
+                             f"got {self.seq_len}")
         for name in ("latent", "num_classes", "audio_emb_out", "encoder_hidden", "decoder_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
