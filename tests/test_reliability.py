@@ -204,8 +204,8 @@ def _params(tmp_path: Path, **sections: dict) -> Path:
     return path
 
 
-def _kill_at(cmd: list[str], ready: Callable[[], bool], delay: float, timeout: float = 180) -> None:
-    """Start `cmd`, wait until `ready()`, then `delay` seconds more, and SIGKILL it (if it has not finished)."""
+def _kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 180) -> None:
+    """Start `cmd` and SIGKILL it as soon as `ready()` holds (polled every 2 ms); fails if it ends first."""
     import signal
     import subprocess
     import time
@@ -213,22 +213,22 @@ def _kill_at(cmd: list[str], ready: Callable[[], bool], delay: float, timeout: f
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(delay)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before the kill point"
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_preprocess_killed_at_random_points_resumes_to_a_clean_run(tmp_path: Path) -> None:
-    """SIGKILL at seeded random times (decoding, landmarking, encoding, cache writing) then a rerun: the output folder
-    equals an uninterrupted run's, byte for byte, with no temporary file left."""
+    """SIGKILL at seeded random points (while a clip is encoded, after a cache entry is written) then a rerun: the
+    output folder equals an uninterrupted run's, byte for byte, with no temporary file left."""
     import subprocess
 
     raw = tmp_path / "raw"
-    for i in range(3):
+    n_clips = 4
+    for i in range(n_clips):
         mediagen.write_video(raw / f"s{i}" / "c.mp4", mediagen.face_frames(40 + 5 * i, amplitude=4.0 + i))
     pfile = _params(tmp_path, common={"image_size": 128}, preprocess={"workers": 1})
 
@@ -239,9 +239,22 @@ def test_preprocess_killed_at_random_points_resumes_to_a_clean_run(tmp_path: Pat
     clean = tmp_path / "clean"
     subprocess.run(cmd(clean), cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "out"
-    for delay in np.random.default_rng(17).uniform(0.0, 1.5, size=2):  # two kills into the same folder
-        _kill_at(cmd(out), lambda: (out / "clips").is_dir(), float(delay))
-        assert not (out / "manifest.parquet").exists()  # killed before the end
+    rng = np.random.default_rng(17)
+    # Kill points drawn at random among real moments of the run: while the k-th clip is being encoded (its temporary
+    # mp4 exists), or right after the k-th cache entry was written (k before the last clip); two kills into the same
+    # folder, the second resuming the first.
+    for _ in range(2):
+        before = len(list((out / "cache").rglob("*.npz"))) if (out / "cache").is_dir() else 0
+        k, encoding = int(rng.integers(1, n_clips - before)), bool(rng.integers(0, 2))
+
+        def ready(k: int = k, encoding: bool = encoding, before: int = before) -> bool:
+            done = len(list((out / "cache").rglob("*.npz"))) - before if (out / "cache").is_dir() else 0
+            if encoding:
+                return done == k - 1 and bool(list((out / "clips").rglob(".tmp*.mp4")))
+            return done >= k
+
+        _kill_when(cmd(out), ready)
+        assert not (out / "manifest.parquet").exists()
     subprocess.run(cmd(out), cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _tree_digest(out) == _tree_digest(clean)
     assert not list(out.rglob(".tmp*"))
@@ -250,8 +263,8 @@ def test_preprocess_killed_at_random_points_resumes_to_a_clean_run(tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_training_stage_killed_resumes_to_the_same_model(processed_corpus: Path, tmp_path: Path) -> None:
-    """`train_syncnet` killed with SIGKILL at a seeded random point after its first checkpoint, then rerun: the model
-    and the report equal an uninterrupted run's."""
+    """`train_syncnet` killed with SIGKILL right after a seeded random one of its first checkpoints, then rerun: the
+    model and the report equal an uninterrupted run's."""
     import json
     import subprocess
 
@@ -259,7 +272,7 @@ def test_training_stage_killed_resumes_to_the_same_model(processed_corpus: Path,
 
     tiny = {"model": {"image_size": 64, "face_region": "lower", "audio_channels": [8, 8, 8, 8, 8, 16],
                       "lip_channels": [8, 8, 8, 8, 8, 16], "fc_hidden": 16, "embed_dim": 16},
-            "steps": 60, "batch_size": 8, "eval_max_shift": 2, "vshift": 6, "log_every": 5, "eval_every": 0,
+            "steps": 80, "batch_size": 8, "eval_max_shift": 2, "vshift": 6, "log_every": 5, "eval_every": 0,
             "checkpoint_every": 10}
     pfile = _params(tmp_path, train_syncnet=tiny)
 
@@ -269,14 +282,25 @@ def test_training_stage_killed_resumes_to_the_same_model(processed_corpus: Path,
                 "--no-track", "--no-progress"]
 
     subprocess.run(cmd("clean"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    delay = float(np.random.default_rng(17).uniform(0.0, 0.5))
-    _kill_at(cmd("killed"), lambda: (tmp_path / "killed" / "checkpoint.pt").is_file(), delay)
+    k = int(np.random.default_rng(17).integers(1, 4))  # killed right after the k-th checkpoint is written
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    seen: set[tuple[int, int]] = set()
+
+    def ready() -> bool:
+        try:
+            st = ckpt.stat()  # each checkpoint is a new file renamed into place (inodes may be reused: + mtime)
+        except FileNotFoundError:
+            return False
+        seen.add((st.st_ino, st.st_mtime_ns))
+        return len(seen) >= k
+
+    _kill_when(cmd("killed"), ready)
     killed_at = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"]
-    assert 10 <= killed_at < 60  # killed mid-training: the rerun resumes
+    assert 10 <= killed_at < 80  # killed mid-training: the rerun resumes
     subprocess.run(cmd("killed"), cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     a = torch.load(tmp_path / "clean" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 60 and a["model"].keys() == b["model"].keys()
+    assert a["step"] == b["step"] == 80 and a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert (json.loads((tmp_path / "rep_clean" / "metrics.json").read_text())
