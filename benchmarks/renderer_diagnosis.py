@@ -156,31 +156,44 @@ def _print(row: dict) -> None:
                   f"{m['improvement_vs_source_motion_ci_high']:+.4f}] |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def experiment_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The arguments every renderer experiment script shares (params, data, TAVC, steps, variants, threads, JSON)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--processed", type=Path, default=ROOT / "data/processed")
     ap.add_argument("--tavc", type=Path, default=ROOT / "models/tavc/checkpoint.pt")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--train-clips", type=int, default=0, help="train on the first N training clips only (0: all)")
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--variant", action="append", default=[],
                     help="name-less override list 'k=v[,k=v...]' (repeatable; one run each; none = the params as is)")
-    ap.add_argument("--no-landmarks", action="store_true", help="skip the landmark metrics (faster)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def variant_configs(args: argparse.Namespace) -> tuple[int, list[tuple[str, TrainRendererConfig]]]:
+    """(seed, [(variant name, config)]): the `pretrain_renderer` section of --params with --steps and each
+    --variant's overrides applied (one entry for the params as they are when no variant is given)."""
     torch.set_num_threads(args.threads)
     params = yaml.safe_load(args.params.read_text())
-    rows = []
+    out = []
     for variant in args.variant or [""]:
         section = json.loads(json.dumps(params["pretrain_renderer"]))
         section["steps"] = args.steps
         for assignment in filter(None, variant.split(",")):
             _override(section, assignment)
-        cfg = from_dict(TrainRendererConfig, section, "pretrain_renderer")
-        row = run_variant(variant or "params as is", cfg, args.processed, args.tavc, params["common"]["seed"],
-                          args.train_clips, not args.no_landmarks)
+        out.append((variant or "params as is", from_dict(TrainRendererConfig, section, "pretrain_renderer")))
+    return params["common"]["seed"], out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = experiment_parser(__doc__, steps=300)
+    ap.add_argument("--train-clips", type=int, default=0, help="train on the first N training clips only (0: all)")
+    ap.add_argument("--no-landmarks", action="store_true", help="skip the landmark metrics (faster)")
+    args = ap.parse_args(argv)
+    seed, configs = variant_configs(args)
+    rows = []
+    for name, cfg in configs:
+        row = run_variant(name, cfg, args.processed, args.tavc, seed, args.train_clips, not args.no_landmarks)
         row["config"] = to_dict(cfg)
         _print(row)
         rows.append(row)

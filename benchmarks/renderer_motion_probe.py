@@ -22,7 +22,6 @@ frames.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -34,9 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from pipeline.config import from_dict  # noqa: E402
 from pipeline.data.corpus import FeatureStore, FrameStore, load_split_clips  # noqa: E402
 from pipeline.data.renderer import RendererDataset, build_eval_set, crop_to_image_pixels  # noqa: E402
 from pipeline.data.sampling import seed_everything, step_loader  # noqa: E402
@@ -45,20 +42,20 @@ from pipeline.models.renderer.blocks import make_coordinate_grid  # noqa: E402
 from pipeline.models.renderer.keypoints import transform_keypoints  # noqa: E402
 from pipeline.models.tavc import load_tavc  # noqa: E402
 from pipeline.train.renderer import RendererTrainer, TrainRendererConfig, audio_relation  # noqa: E402
-from renderer_diagnosis import _override  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from renderer_diagnosis import experiment_parser, variant_configs  # noqa: E402
 
 
 def held_out_points(clips, data, size: int, n: int) -> torch.Tensor:
     """(n, 2, 68, 2) preprocessing landmarks of the first n pairs' source and driving frames in px of `size`."""
     store, frames = FeatureStore(), FrameStore()
     by_id = {c.clip_id: c for c in clips}
+    crops: dict[str, int] = {}  # crop side per clip: one decoded frame per clip, not per pair
     out = []
     for clip_id, pos in zip(data.clip_ids[:n], data.positions[:n]):
         clip = by_id[clip_id]
-        crop = frames.frames(clip, [0]).shape[2]
-        out.append(crop_to_image_pixels(store.get_array(clip, "landmarks")[list(pos), :, :2], crop, size))
+        if clip_id not in crops:
+            crops[clip_id] = frames.frames(clip, [0]).shape[2]
+        out.append(crop_to_image_pixels(store.get_array(clip, "landmarks")[list(pos), :, :2], crops[clip_id], size))
     return torch.tensor(np.stack(out), dtype=torch.float32)
 
 
@@ -127,31 +124,16 @@ def run(cfg: TrainRendererConfig, processed: Path, tavc_path: Path, seed: int, e
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--processed", type=Path, default=ROOT / "data/processed")
-    ap.add_argument("--tavc", type=Path, default=ROOT / "models/tavc/checkpoint.pt")
-    ap.add_argument("--steps", type=int, default=400)
+    ap = experiment_parser(__doc__, steps=400)
     ap.add_argument("--every", type=int, default=50, help="steps between probes")
     ap.add_argument("--pairs", type=int, default=48, help="held-out large-motion pairs probed")
     ap.add_argument("--background-off", type=int, default=0, help="steps without the identity candidate")
-    ap.add_argument("--variant", action="append", default=[], help="'k=v[,k=v...]' overrides (repeatable)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    params = yaml.safe_load(args.params.read_text())
+    seed, configs = variant_configs(args)
     results = {}
-    for variant in args.variant or [""]:
-        section = json.loads(json.dumps(params["pretrain_renderer"]))
-        section["steps"] = args.steps
-        for assignment in filter(None, variant.split(",")):
-            _override(section, assignment)
-        cfg = from_dict(TrainRendererConfig, section, "pretrain_renderer")
-        print(f"## {variant or 'params as is'} (background off for {args.background_off} steps)", flush=True)
-        results[variant or "params as is"] = run(cfg, args.processed, args.tavc, params["common"]["seed"],
-                                                 args.every, args.pairs, args.background_off)
+    for name, cfg in configs:
+        print(f"## {name} (background off for {args.background_off} steps)", flush=True)
+        results[name] = run(cfg, args.processed, args.tavc, seed, args.every, args.pairs, args.background_off)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
