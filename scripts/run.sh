@@ -98,7 +98,7 @@ setup_repo() {
 
 install_system_packages
 setup_python
-setup_node_tools
+case "$what" in setup|test) setup_node_tools ;; esac  # the workflow linter is only needed by the tests
 setup_repo
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
