@@ -39,7 +39,7 @@ from pipeline.train.renderer import (RendererTrainer, TrainRendererConfig, _land
                                      evaluate_heldout, summarize)
 
 ROOT = Path(__file__).resolve().parents[1]
-NETWORKS = ("appearance", "cerl", "kp_detector", "he_estimator", "generator")
+NETWORKS = ("appearance", "cerl", "kp_detector", "he_estimator", "mapping", "generator")
 
 
 def _override(section: dict, assignment: str) -> dict:
@@ -60,8 +60,9 @@ def run_variant(name: str, cfg: TrainRendererConfig, processed: Path, tavc_path:
     seed_everything(seed)
     tavc = load_tavc(tavc_path) if (cfg.model.cerl.enabled and tavc_path) else None
     trainer = RendererTrainer(cfg, seed, tavc, None, torch.device("cpu"))
+    window = 0 if trainer.from_images else cfg.model.mapping.window  # as the stage: MappingNet's windows, no flip
     dataset = RendererDataset(train, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment,
-                              pair_sampling=cfg.pair_sampling)
+                              pair_sampling=cfg.pair_sampling, coeff_window=window, flip=trainer.from_images)
     grads = {n: [] for n in NETWORKS}
     t0 = time.perf_counter()
     losses = []
@@ -78,12 +79,13 @@ def run_variant(name: str, cfg: TrainRendererConfig, processed: Path, tavc_path:
     out = {"variant": name, "steps": cfg.steps, "train_clips": len(train), "seconds": round(seconds, 1),
            "final_generator_total": float(np.mean(losses[-10:])),
            "grad_norm": {n: float(np.mean(v)) if v else None for n, v in grads.items()}}
-    sets = {"heldout_static": build_eval_set(held, seed, cfg.model.image_size, cfg.eval_pairs_per_clip),
+    sets = {"heldout_static": build_eval_set(held, seed, cfg.model.image_size, cfg.eval_pairs_per_clip,
+                                             coeff_window=window),
             "heldout_motion": build_eval_set(held, seed, cfg.model.image_size, cfg.eval_pairs_per_clip,
-                                             selection="motion")}
+                                             selection="motion", coeff_window=window)}
     if train_clips:
         sets["train_motion"] = build_eval_set(train, seed, cfg.model.image_size, cfg.eval_pairs_per_clip,
-                                              selection="motion")
+                                              selection="motion", coeff_window=window)
     for key, data in sets.items():
         res, _ = evaluate_heldout(trainer, data, cfg.landmark_size, backend if key != "heldout_static" else None,
                                   source_motion=True)
@@ -92,7 +94,7 @@ def run_variant(name: str, cfg: TrainRendererConfig, processed: Path, tavc_path:
         summary["pose_delta_deg"] = float(data.pose_delta.mean())
         out[key] = summary
     out["pose_estimate"] = pose_diagnostic(trainer, sets["heldout_motion"], held)
-    seen = build_eval_set(train, seed, cfg.model.image_size, 2)
+    seen = build_eval_set(train, seed, cfg.model.image_size, 2, coeff_window=window)
     drv = seen.driving.float()
     out["train_pairs_l1"] = {
         mode: float((trainer.reconstruct(seen, train_mode=(mode == "train_mode")) - drv).abs().mean())
@@ -117,7 +119,10 @@ def pose_diagnostic(trainer: RendererTrainer, data, clips) -> dict:
     out = {}
     for mode in ("eval", "train"):
         trainer.renderer.train(mode == "train")
-        motion = trainer.renderer.estimate_motion(frames)
+        if trainer.from_images:
+            motion = trainer.renderer.estimate_motion(frames)
+        else:  # MappingNet on the same frames' coefficient windows, in the same (source, driving) order
+            motion = trainer.renderer.map_motion(data.coeffs.flatten(0, 1))
         est = torch.stack(motion.degrees(), dim=1).numpy()  # (2N, 3)
         exp = motion.exp.flatten(1).numpy()  # (2N, K*3)
         out[mode] = {name: {"r": float(np.corrcoef(est[:, k], truth[:, k])[0, 1]) if est[:, k].std() > 0 else 0.0,

@@ -256,3 +256,30 @@ def test_samples_carry_the_preprocessing_landmarks_scaled_and_mirrored_with_a_fl
                                    atol=1e-4)  # y never changes
         flips.add(flipped)
     assert flips == {True, False}
+
+
+def test_samples_carry_mapping_windows_and_the_flip_can_be_switched_off(clips) -> None:
+    from pipeline.faces.coeffs import coefficient_windows
+
+    ds = RendererDataset(clips, seed=3, image_size=S, cache_mb=64, augment=True, coeff_window=9, flip=False)
+    colour_only = RendererDataset(clips, seed=3, image_size=S, cache_mb=64, augment=True, coeff_window=9)
+    for slot in range(8):
+        spec = ds.draw(0, slot)
+        coeffs = FeatureStore().get_array(clips[spec.clip], "coeffs")
+        got = ds[(0, slot)]
+        assert got["coeffs"].shape == (2, 70, 9) and got["coeffs"].dtype == np.float32
+        np.testing.assert_array_equal(got["coeffs"], coefficient_windows(coeffs, [spec.source, spec.driving], 9))
+        np.testing.assert_allclose(got["pose"], np.degrees(coeffs[[spec.source, spec.driving], 64:67]), rtol=1e-5)
+        other = colour_only[(0, slot)]
+        if not np.allclose(other["pose"], got["pose"], rtol=1e-5):  # that dataset flipped this sample
+            np.testing.assert_allclose(other["coeffs"][:, [64, 66, 67]], -got["coeffs"][:, [64, 66, 67]])
+            np.testing.assert_array_equal(other["coeffs"][:, :64], got["coeffs"][:, :64])
+        else:  # same draw, same colour jitter: the flip switch does not shift the random stream
+            np.testing.assert_array_equal(other["source"], got["source"])
+    assert "coeffs" not in RendererDataset(clips, seed=3, image_size=S, cache_mb=0)[(0, 0)]
+    data = build_eval_set(clips, seed=3, image_size=S, pairs_per_clip=2, coeff_window=9)
+    assert data.coeffs.shape == (len(data), 2, 70, 9)
+    c = data.positions[0]
+    np.testing.assert_array_equal(data.coeffs[0].numpy(), coefficient_windows(
+        FeatureStore().get_array(next(x for x in clips if x.clip_id == data.clip_ids[0]), "coeffs"), c, 9))
+    assert build_eval_set(clips, seed=3, image_size=S, pairs_per_clip=2).coeffs is None

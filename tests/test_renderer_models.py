@@ -443,3 +443,54 @@ def test_zero_init_motion_starts_translation_and_expression_at_zero():
     assert motion.yaw.abs().max() > 0  # the pose heads keep their init
     default = HeadPoseExpressionEstimator(HeadPoseConfig(block_expansion=8, max_features=64), 5)(images)
     assert default.t.abs().max() > 0 and default.exp.abs().max() > 0  # face-vid2vid's init
+
+
+def test_coefficient_windows_are_centred_and_edge_clamped():
+    import numpy as np
+
+    from pipeline.faces.coeffs import coefficient_windows
+
+    coeffs = np.arange(10 * 73, dtype=np.float64).reshape(10, 73)  # row t holds 73 t .. 73 t + 72
+    w = coefficient_windows(coeffs, [0, 5, 9], 7)
+    assert w.shape == (3, 70, 7) and w.dtype == np.float32
+    rows = w[:, 0, :] / 73  # frame index of every window position (first coefficient = 73 t)
+    np.testing.assert_array_equal(rows, [[0, 0, 0, 0, 1, 2, 3], [2, 3, 4, 5, 6, 7, 8], [6, 7, 8, 9, 9, 9, 9]])
+    np.testing.assert_array_equal(w[1, :, 3], coeffs[5, :70])  # the centre column is the frame's 70 coefficients
+
+
+def test_coefficient_motion_source_builds_a_mapping_net_that_drives_the_keypoints():
+    cfg = dataclasses.replace(TINY, motion_source="coefficients",
+                              mapping=MappingConfig(descriptor_dim=16, num_kp=K, zero_init_motion=True))
+    r = Renderer(cfg)
+    assert isinstance(r.mapping, MappingNet)
+    coeffs = torch.randn(3, 70, 27)
+    motion = r.map_motion(coeffs)
+    assert motion.yaw.shape == (3, 66) and motion.exp.shape == (3, K, 3)
+    assert torch.count_nonzero(motion.t) == 0 and torch.count_nonzero(motion.exp) == 0  # zero_init_motion
+    assert Renderer(TINY).mapping is None
+    with pytest.raises(ValueError, match="motion_source: coefficients"):
+        Renderer(TINY).map_motion(coeffs)
+    with pytest.raises(ValueError, match="mapping.num_kp"):
+        Renderer(dataclasses.replace(cfg, mapping=MappingConfig(descriptor_dim=16, num_kp=K + 1)))
+    with pytest.raises(ValueError, match="motion_source"):
+        Renderer(dataclasses.replace(TINY, motion_source="audio"))
+
+
+def test_sadtalker_loader_fills_the_renderers_own_mapping_net(tmp_path):
+    src, src_map = _trained_like(0)
+    layout = sadtalker_layout(src, src_map)
+    path = tmp_path / "both.pth.tar"
+    torch.save(layout, path)  # facevid2vid parts and mapping in one file
+    cfg = dataclasses.replace(TINY, motion_source="coefficients", mapping=MappingConfig(descriptor_dim=16, num_kp=K))
+    torch.manual_seed(5)
+    dst = Renderer(cfg)
+    assert load_sadtalker_renderer(dst, path)[-1] == "mapping"
+    for k, v in src_map.state_dict().items():
+        assert torch.equal(dst.mapping.state_dict()[k], v), k
+    assert set(sadtalker_layout(dst)["mapping"]) == set(src_map.state_dict())
+    # a facevid2vid file without mapping weights leaves the MappingNet as it is (a warning, not an error)
+    torch.save({k: v for k, v in layout.items() if k != "mapping"}, tmp_path / "fv2v.pth.tar")
+    before = {k: v.clone() for k, v in dst.mapping.state_dict().items()}
+    assert "mapping" not in load_sadtalker_renderer(dst, tmp_path / "fv2v.pth.tar")
+    for k, v in dst.mapping.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -347,3 +347,37 @@ def test_landmark_flow_term_supervises_the_dense_motion_with_the_batch_landmarks
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dense.mask.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.renderer.he_estimator.parameters())
     assert "landmark_flow" not in _trainer().generator_step(_batch(b=2, seed=3), 0).terms  # weight 0: off, no landmarks needed
+
+
+def test_coefficient_motion_source_trains_mapping_net_instead_of_the_estimator():
+    from pipeline.data.renderer import RendererEvalSet
+    from pipeline.models.renderer.mapping import MappingConfig
+
+    model = dataclasses.replace(TINY, motion_source="coefficients",
+                                mapping=MappingConfig(descriptor_dim=16, num_kp=TINY.num_kp, window=9, num_layers=0))
+    cfg = _cfg(model=model, pose_teacher="coefficients")
+    trainer = _trainer(cfg)
+    assert not trainer.from_images
+    g = torch.Generator().manual_seed(3)
+    coeffs = 0.1 * torch.randn(2, 2, 70, 9, generator=g)
+    batch = dict(_batch(b=2, seed=8), coeffs=coeffs, pose=torch.tensor([[[10.0, -5.0, 2.0], [-20.0, 3.0, 0.0]]] * 2))
+    r0 = _snapshot(trainer.renderer)
+    values, _ = trainer.generator_update(batch, step=0)
+    assert "equivariance" not in values and "head_pose" in values  # no image estimator; MappingNet's angles supervised
+    changed = _changed(r0, trainer.renderer)
+    assert any(k.startswith("mapping.") for k in changed)
+    assert not any(k.startswith("he_estimator.") for k in changed)  # H is not used with this motion source
+    # evaluation drives the renderer with the windows of the eval set: the source's own vs the driving frame's
+    b = _batch(b=2, seed=9)
+    data = RendererEvalSet(source=b["source"], driving=b["driving"], mel=b["mel"], clip_ids=np.array(["a", "b"]),
+                           speakers=np.array(["s", "t"]), positions=np.zeros((2, 2), np.int64),
+                           mouth_box=np.array([[0, 0, 8, 8]] * 2), mouth_delta=np.zeros(2), pose_delta=np.zeros(2),
+                           coeffs=coeffs)
+    r = trainer.renderer.eval()
+    with torch.no_grad():
+        kp_c = r.canonical_keypoints(b["source"])
+        he_s = r.map_motion(coeffs[:, 0])
+        kp_s = transform_keypoints(kp_c, he_s)
+        expected = r(b["source"], kp_s, kp_s, audio_relation(trainer.tavc, b["mel"])).prediction
+    torch.testing.assert_close(trainer.reconstruct(data, own_motion=True), expected)
+    assert not torch.allclose(trainer.reconstruct(data), expected)  # the driving frame's coefficients move it

@@ -27,6 +27,7 @@ from pipeline.audio import mel_windows
 from pipeline.data.corpus import MOUTH, Clip, CorpusError, FeatureStore, FrameStore, resize_square
 from pipeline.data.sampling import sample_rng
 from pipeline.faces.coeffs import mouth_opening
+from pipeline.faces.coeffs import coefficient_windows
 
 EVAL_STREAM = 0x7E4D  # first keys of the evaluation pairs' random stream (training uses (step, slot))
 MIN_EVAL_GAP = 5  # frames between source and driving of an evaluation pair (so "output the source" is no answer)
@@ -100,7 +101,8 @@ def draw_pair(rng: np.random.Generator, frames: int, min_gap: int = 1) -> tuple[
 JITTER = 0.1  # FOMM / face-vid2vid augmentation: brightness, contrast, saturation and hue jitter of ±0.1
 
 
-def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = JITTER) -> tuple[np.ndarray, bool]:
+def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = JITTER,
+                 flip: bool = True) -> tuple[np.ndarray, bool]:
     """FOMM's training augmentation, identical for the source and the driving frame of a sample: a horizontal flip
     with probability 1/2 and one colour jitter (brightness, contrast, saturation factors in [1 − j, 1 + j], hue
     shift in ±j of the colour circle). It widens the colours and poses the renderer sees, so that it learns to carry
@@ -109,12 +111,14 @@ def augment_pair(frames: np.ndarray, rng: np.random.Generator, jitter: float = J
     Args:
         frames: (n, S, S, 3) uint8 frames of one sample (the same transform for all n).
         rng: the sample's random stream.
+        flip: allow the flip (False: never flipped; the random stream is consumed alike, so the colour jitter of a
+            sample does not depend on this switch).
     Returns:
         (n, S, S, 3) uint8, and whether they were flipped (a mirrored head has its yaw and roll negated).
     """
     import cv2
 
-    flip = rng.random() < 0.5
+    flip = bool(rng.random() < 0.5) and flip
     b, c, s = rng.uniform(1 - jitter, 1 + jitter, size=3)
     hue = rng.uniform(-jitter, jitter) * 360.0  # degrees of OpenCV's float HSV
     x = frames[:, :, ::-1] if flip else frames
@@ -138,7 +142,11 @@ class RendererDataset(torch.utils.data.Dataset):
         ``source``, ``driving`` (3, S, S) float32 in [0, 1]; ``mel`` (2, 1, 80, 16) float32, the mel windows of
         driving frames (d-1, d); ``pose`` (2, 3) float32, (yaw, pitch, roll) in degrees of the source and the
         driving frame from preprocessing's coefficients (mirrored with the frames when the augmentation flips
-        them: yaw and roll change sign); ``clip`` (index into `clips`), ``source_index``, ``driving_index`` ints.
+        them: yaw and roll change sign); ``landmarks`` (2, 68, 2) preprocessing's landmarks of both frames in
+        pixels of the S x S image; with ``coeff_window`` W > 0 ``coeffs`` (2, 70, W) float32, MappingNet's
+        coefficient windows centred on the source and on the driving frame (flipped samples get yaw, roll and the
+        x translation negated; the expression coefficients are not mirrored, so trainers that read them switch
+        `flip` off); ``clip`` (index into `clips`), ``source_index``, ``driving_index`` ints.
 
     Args:
         clips: clips to draw from (each with >= 2 frames).
@@ -149,10 +157,13 @@ class RendererDataset(torch.utils.data.Dataset):
         pair_sampling: ``uniform`` (FOMM / face-vid2vid: any two frames of a clip) or ``motion``: the driving frame
             uniform, the source the most different (mouth opening + head pose, :func:`motion_score`) of
             ``MOTION_CANDIDATES`` uniform draws, so that more pairs need the motion path to be reconstructed.
+        coeff_window: frames of the ``coeffs`` windows (0: not returned).
+        flip: let the augmentation flip (see :func:`augment_pair`).
     """
 
     def __init__(self, clips: Sequence[Clip], seed: int, image_size: int, cache_mb: int = 512,
-                 augment: bool = False, pair_sampling: PairSampling = "uniform") -> None:
+                 augment: bool = False, pair_sampling: PairSampling = "uniform", coeff_window: int = 0,
+                 flip: bool = True) -> None:
         short = [c.clip_id for c in clips if c.frames < 2]
         if not clips or short:
             raise CorpusError(f"renderer dataset needs clips of >= 2 frames; got {len(clips)} clips, "
@@ -163,6 +174,7 @@ class RendererDataset(torch.utils.data.Dataset):
             raise ValueError(f"pair_sampling must be 'uniform' or 'motion', got {pair_sampling!r}")
         self.clips = list(clips)
         self.seed, self.image_size, self.augment, self.pair_sampling = seed, image_size, augment, pair_sampling
+        self.coeff_window, self.flip = coeff_window, flip
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=8)  # whole clips are decoded at once: few open readers needed
         self.cache = _ClipFrameCache(cache_mb * 2**20)
@@ -218,18 +230,27 @@ class RendererDataset(torch.utils.data.Dataset):
         """Arrays of one sample; augmented with `rng` when given."""
         clip = self.clips[spec.clip]
         frames = self.frames(clip, [spec.source, spec.driving])  # (2, S, S, 3) uint8
-        pose = np.degrees(self.features.get_array(clip, "coeffs")[[spec.source, spec.driving], 64:67])  # (2, 3)
+        coeffs = self.features.get_array(clip, "coeffs")  # (T, 73)
+        pose = np.degrees(coeffs[[spec.source, spec.driving], 64:67])  # (2, 3)
+        windows = coefficient_windows(coeffs, [spec.source, spec.driving], self.coeff_window) \
+            if self.coeff_window else None  # (2, 70, W)
         points = crop_to_image_pixels(self.features.get_array(clip, "landmarks")[[spec.source, spec.driving], :, :2],
                                       self.crop_sides[clip.clip_id], self.image_size)  # (2, 68, 2)
         if rng is not None:
-            frames, flipped = augment_pair(frames, rng)
+            frames, flipped = augment_pair(frames, rng, flip=self.flip)
             if flipped:
                 pose = pose * np.array([-1.0, 1.0, -1.0])  # a mirrored head: yaw and roll change sign
                 points = points * np.array([-1.0, 1.0]) + np.array([self.image_size - 1.0, 0.0])
+                if windows is not None:
+                    windows = windows.copy()
+                    windows[:, [64, 66, 67]] *= -1.0  # yaw, roll, x translation
         source, driving = to_float_image(frames)  # (3, S, S) each
-        return {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
-                "pose": pose.astype(np.float32), "landmarks": points.astype(np.float32),
-                "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
+        sample = {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
+                  "pose": pose.astype(np.float32), "landmarks": points.astype(np.float32),
+                  "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
+        if windows is not None:
+            sample["coeffs"] = windows
+        return sample
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         step, slot = key
@@ -270,6 +291,7 @@ class RendererEvalSet:
             inter-ocular units).
         pose_delta: (N,) Euclidean distance of the (yaw, pitch, roll) of source and driving, degrees.
         selection: how the pairs were chosen: ``random`` (uniform, ≥ `min_gap` apart) or ``motion`` (largest motion).
+        coeffs: (N, 2, 70, W) MappingNet coefficient windows of (source, driving), or None (not built).
     """
 
     source: torch.Tensor
@@ -282,6 +304,7 @@ class RendererEvalSet:
     mouth_delta: np.ndarray
     pose_delta: np.ndarray
     selection: EvalSelection = "random"
+    coeffs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
@@ -336,12 +359,14 @@ def motion_pairs(mouth: np.ndarray, pose: np.ndarray, pairs: int, mouth_scale: f
 
 
 def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_clip: int,
-                   min_gap: int = MIN_EVAL_GAP, selection: EvalSelection = "random") -> RendererEvalSet:
+                   min_gap: int = MIN_EVAL_GAP, selection: EvalSelection = "random",
+                   coeff_window: int = 0) -> RendererEvalSet:
     """Decode held-out pairs (each clip's frames in one sorted decode).
 
     Args:
         selection: ``random``: the seeded uniform pairs of :func:`eval_specs`; ``motion``: per clip the
             `pairs_per_clip` pairs with the largest mouth-opening and head-pose differences (:func:`motion_pairs`).
+        coeff_window: also build MappingNet's coefficient windows of W frames (0: none).
     """
     if pairs_per_clip < 1:
         raise ValueError(f"pairs_per_clip must be >= 1, got {pairs_per_clip}")
@@ -360,7 +385,7 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
             specs += [RendererSampleSpec(c, a, b) for a, b in found]
     else:
         raise ValueError(f"selection must be 'random' or 'motion', got {selection!r}")
-    sources, drivings, mels, boxes, d_mouth, d_pose = [], [], [], [], [], []
+    sources, drivings, mels, boxes, d_mouth, d_pose, windows = [], [], [], [], [], [], []
     for c, clip in enumerate(clips):
         mine = [s for s in specs if s.clip == c]
         wanted = sorted({f for s in mine for f in (s.source, s.driving)})
@@ -376,6 +401,9 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
             boxes.append(mouth_box(landmarks[s.driving, MOUTH, :2] * scale, image_size))
             d_mouth.append(abs(m[s.source] - m[s.driving]))
             d_pose.append(float(np.linalg.norm(p[s.source] - p[s.driving])))
+            if coeff_window:
+                windows.append(coefficient_windows(dataset.features.get_array(clip, "coeffs"),
+                                                   [s.source, s.driving], coeff_window))  # (2, 70, W)
     return RendererEvalSet(
         source=torch.from_numpy(np.stack(sources)), driving=torch.from_numpy(np.stack(drivings)),
         mel=torch.from_numpy(np.stack(mels)),
@@ -383,7 +411,8 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
         speakers=np.array([clips[s.clip].speaker for s in specs]),
         positions=np.array([(s.source, s.driving) for s in specs], dtype=np.int64),
         mouth_box=np.stack(boxes), mouth_delta=np.asarray(d_mouth, np.float64),
-        pose_delta=np.asarray(d_pose, np.float64), selection=selection)
+        pose_delta=np.asarray(d_pose, np.float64), selection=selection,
+        coeffs=torch.from_numpy(np.stack(windows)) if coeff_window else None)
 
 
 def crop_to_image_pixels(points: np.ndarray, crop_side: int, image_size: int) -> np.ndarray:

@@ -61,6 +61,7 @@ EXPRESSION = slice(0, 64)
 ROTATION = slice(64, 67)  # yaw, pitch, roll
 TRANSLATION = slice(67, 70)
 CROP_SCALE = slice(70, 73)  # scale, crop_cx, crop_cy
+MOTION = slice(0, 70)  # expression + rotation + translation: what Audio2Coeff generates and MappingNet reads
 RESIDUAL_DIM = NUM_POINTS_68 * 3  # 204
 
 TEMPLATE_IOD: float = float(np.linalg.norm(TEMPLATE_68[36] - TEMPLATE_68[45]))  # = 1 by construction
@@ -373,3 +374,19 @@ def coefficients(
     out[:, 70] = scale
     out[:, 71], out[:, 72] = crop_center
     return out.astype(np.float32)
+
+
+def coefficient_windows(coeffs: np.ndarray, centres: Sequence[int] | np.ndarray, window: int) -> np.ndarray:
+    """MappingNet inputs: the `window` frames of motion coefficients centred on each frame, edge-clamped.
+
+    Args:
+        coeffs: (T, >= 70) per-frame coefficients of one clip (preprocessing's 73-d layout; the first 70 are used).
+        centres: frame indices.
+        window: frames per window (odd: centre ± window // 2; even: one more frame before the centre than after).
+    Returns:
+        (len(centres), 70, window) float32.
+    """
+    t = len(coeffs)
+    offsets = np.arange(window) - window // 2  # (W,)
+    rows = np.clip(np.asarray(centres, np.int64)[:, None] + offsets[None], 0, t - 1)  # (N, W)
+    return np.ascontiguousarray(np.asarray(coeffs, np.float32)[rows][..., MOTION].transpose(0, 2, 1))

@@ -212,11 +212,14 @@ class RendererTrainer:
         b = src.shape[0]
         kp_c = r.canonical_keypoints(src)  # (B, K, 3)
         transform = None
-        if self.w.equivariance > 0:
+        if self.w.equivariance > 0 and self.from_images:
             # the random warp of step `step` is a function of (seed, step): a resumed run draws the same ones
             transform = RandomTransform(b, sample_generator(self.seed, step), self.cfg.transform)
-        frames = [src, drv] + ([transform.transform_frame(drv)] if transform is not None else [])
-        motions = self.estimate_motions(frames)
+        if self.from_images:
+            frames = [src, drv] + ([transform.transform_frame(drv)] if transform is not None else [])
+            motions = self.estimate_motions(frames)
+        else:
+            motions = self.map_motions(batch["coeffs"].to(self.device))
         he_s, he_d = motions[0], motions[1]
         kp_s, kp_d = transform_keypoints(kp_c, he_s), transform_keypoints(kp_c, he_d)  # (B, K, 3) each
         relation = audio_relation(self.tavc, batch["mel"].to(self.device)) if r.cerl is not None else None
@@ -262,6 +265,16 @@ class RendererTrainer:
             points = pixels_to_grid(batch["landmarks"].to(self.device), size, ac)  # (B, 2, 68, 2)
             terms["landmark_flow"] = landmark_flow_loss(out.deformation, points[:, 0], points[:, 1], ac)
         return GeneratorStep(prediction=pred, kp_driving=kp_d, terms=terms)
+
+    @property
+    def from_images(self) -> bool:
+        """Whether the motion comes from H on the images (face-vid2vid) rather than MappingNet on coefficients."""
+        return self.cfg.model.motion_source == "estimator"
+
+    def map_motions(self, coeffs: torch.Tensor) -> list[HeadMotion]:
+        """Source and driving motion from MappingNet, one call: coeffs (B, 2, 70, W) -> [motion_s, motion_d]."""
+        b = coeffs.shape[0]
+        return self.renderer.map_motion(coeffs.transpose(0, 1).flatten(0, 1)).split([b, b])
 
     def estimate_motions(self, frames: list[torch.Tensor]) -> list[HeadMotion]:
         """Head motion of each (B, 3, H, W) group of frames: one estimator call over all of them (``joint``: they
@@ -313,7 +326,8 @@ class RendererTrainer:
         """Reconstructions of every driving frame, (N, 3, H, W) in [0, 1].
 
         Args:
-            own_motion: render the source with its OWN estimated motion instead of the driving frame's (the
+            own_motion: render the source with its OWN motion (estimated, or mapped from its coefficients) instead of
+                the driving frame's (the
                 baseline "the renderer with the source's own motion": what the decoder gives without the motion path).
             train_mode: keep the networks in training mode (batch statistics, as during training: a diagnostic of
                 the train/eval gap); default eval mode (running statistics), as at inference.
@@ -326,7 +340,10 @@ class RendererTrainer:
             src = data.source[s:s + batch_size].to(self.device)
             drv = data.driving[s:s + batch_size].to(self.device)
             kp_c = r.canonical_keypoints(src)
-            he_s, he_d = self.estimate_motions([src, drv])
+            if self.from_images:
+                he_s, he_d = self.estimate_motions([src, drv])
+            else:
+                he_s, he_d = self.map_motions(data.coeffs[s:s + batch_size].to(self.device))
             kp_s = transform_keypoints(kp_c, he_s)
             kp_d = kp_s if own_motion else transform_keypoints(kp_c, he_d)
             relation = audio_relation(self.tavc, data.mel[s:s + batch_size].to(self.device)) \
@@ -539,8 +556,13 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         start, history = 0, History()
 
     t0 = time.perf_counter()
-    eval_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip)
-    motion_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, selection="motion")
+    window = cfg.model.mapping.window if not trainer.from_images else 0  # MappingNet's coefficient windows
+    if window and cfg.loss_weights.equivariance > 0:
+        log.info("motion_source: coefficients: the equivariance term is off (it constrains H on warped images, "
+                 "which this motion source does not use)")
+    eval_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, coeff_window=window)
+    motion_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, selection="motion",
+                                coeff_window=window)
     params = parameter_counts(trainer)
     log.info("renderer: %d train clips, %d held-out pairs from %d clips (built in %.1f s); %s parameters "
              "(+ discriminator %s); perceptual extractor: %s; head-pose loss: %s", len(train_clips),
@@ -573,8 +595,9 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
     if start < cfg.steps:
         if start == 0 and cfg.eval_every:
             heldout(0, landmarks=False)
+        # With MappingNet the flip is off: the expression coefficients of a mirrored face are not known.
         dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment,
-                                  pair_sampling=cfg.pair_sampling)
+                                  pair_sampling=cfg.pair_sampling, coeff_window=window, flip=trainer.from_images)
         loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
         trainer.renderer.train()
         trainer.discriminator.train()
@@ -621,7 +644,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
     # Diagnostic: the same protocol on the training speakers' clips. These frames were trained on; the
     # identities were seen. A renderer that beats the source baseline here but not on held-out speakers has
     # learned motion for the faces it knows and not yet the one-shot transfer of appearance.
-    seen_set = build_eval_set(train_clips, seed, cfg.model.image_size, SEEN_PAIRS_PER_CLIP)
+    seen_set = build_eval_set(train_clips, seed, cfg.model.image_size, SEEN_PAIRS_PER_CLIP, coeff_window=window)
     seen_res, _ = evaluate_heldout(trainer, seen_set, cfg.landmark_size, None)
     seen = summarize(seen_res, seen_set.clip_ids, cfg.bootstrap, seed)
     save_sample_grid(reports / "samples.png", eval_set, pred,

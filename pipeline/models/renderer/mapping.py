@@ -35,6 +35,9 @@ class MappingConfig:
         num_kp: K, for the expression head (15).
         num_bins: pose bins per angle (66).
         window: input frames (27); must be >= 7 + 6 * num_layers.
+        zero_init_motion: start fc_t and fc_exp at zero (weights and bias), so a new MappingNet moves the keypoints
+            only by its rotation until the reconstruction asks for more (as ``head_pose.zero_init_motion``;
+            decisions.md "When and why the mask collapses"). SadTalker's weights overwrite it.
     """
 
     coeff_dim: int = 70
@@ -43,6 +46,7 @@ class MappingConfig:
     num_kp: int = 15
     num_bins: int = POSE_BINS
     window: int = 27
+    zero_init_motion: bool = False
 
     def validate(self) -> None:
         for name in ("coeff_dim", "descriptor_dim", "num_kp", "num_bins"):
@@ -73,6 +77,10 @@ class MappingNet(nn.Module):
         self.fc_yaw = nn.Linear(d, cfg.num_bins)
         self.fc_t = nn.Linear(d, 3)
         self.fc_exp = nn.Linear(d, 3 * cfg.num_kp)
+        if cfg.zero_init_motion:
+            for head in (self.fc_t, self.fc_exp):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def forward(self, coeffs: torch.Tensor) -> HeadMotion:
         """Args:

@@ -8,10 +8,13 @@ Data flow for one (source, driving) pair:
     volume = appearance.to_volume(g)                  (B, 32, 16, H/4, W/4)
     x_c    = kp_detector(source)                      (B, K, 3)            canonical_keypoints
     motion = he_estimator(frame)                      HeadMotion           estimate_motion
+    motion = mapping(coefficient window)              HeadMotion           map_motion (motion_source: coefficients)
     x      = transform_keypoints(x_c, motion)         (B, K, 3)            (keypoints.py)
     out    = generator(volume, x_source, x_driving)   RendererOutput       generate
 
-The discriminator is built separately (`build_discriminator`); MappingNet (method.md §5) is its own module.
+The discriminator is built separately (`build_discriminator`). MappingNet (method.md §5) is part of the renderer when
+``motion_source: coefficients`` (SadTalker / TAVCE: the motion comes from 3DMM coefficients, not from a driving
+image); H stays in the model either way (SadTalker's checkpoint layout holds it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,7 +38,7 @@ from pipeline.models.renderer.generator import GeneratorConfig, OcclusionAwareSP
 from pipeline.models.renderer.head_pose import HeadPoseConfig, HeadPoseExpressionEstimator
 from pipeline.models.renderer.keypoint_detector import CanonicalKeypointDetector, KeypointDetectorConfig
 from pipeline.models.renderer.keypoints import HeadMotion
-from pipeline.models.renderer.mapping import MappingNet
+from pipeline.models.renderer.mapping import MappingConfig, MappingNet
 from pipeline.config import from_dict
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,10 @@ class RendererConfig:
             (an identity deformation samples exactly the voxels); SadTalker used False (the PyTorch default) with
             the same grid, so set False to reproduce SadTalker's outputs with its weights.
         appearance, keypoints, head_pose, dense_motion, generator, discriminator, cerl: the networks' configs.
+        motion_source: where a frame's motion (pose, translation, expression) comes from: ``estimator``
+            (face-vid2vid: H on the frame's image) or ``coefficients`` (SadTalker / TAVCE: MappingNet on a window of
+            the frame's 3DMM coefficients; builds ``mapping``).
+        mapping: MappingNet's config (used with ``motion_source: coefficients``; num_kp must equal num_kp).
     """
 
     image_size: int = 256
@@ -68,6 +75,8 @@ class RendererConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     cerl: CERLConfig = field(default_factory=CERLConfig)
+    motion_source: Literal["estimator", "coefficients"] = "estimator"
+    mapping: MappingConfig = field(default_factory=MappingConfig)
 
     @property
     def feature_size(self) -> int:
@@ -78,6 +87,12 @@ class RendererConfig:
         for sub in (self.appearance, self.keypoints, self.head_pose, self.dense_motion, self.generator,
                     self.discriminator, self.cerl):
             sub.validate()
+        if self.motion_source not in ("estimator", "coefficients"):
+            raise ValueError(f"motion_source must be 'estimator' or 'coefficients', got {self.motion_source!r}")
+        if self.motion_source == "coefficients":
+            self.mapping.validate()
+            if self.mapping.num_kp != self.num_kp:
+                raise ValueError(f"mapping.num_kp {self.mapping.num_kp} must equal num_kp {self.num_kp}")
         if self.num_kp < 1 or self.image_channel < 1:
             raise ValueError(f"num_kp and image_channel must be >= 1, got {self.num_kp}, {self.image_channel}")
         n = self.appearance.num_down_blocks
@@ -125,7 +140,8 @@ class RendererOutput:
 
 
 class Renderer(nn.Module):
-    """face-vid2vid + CERL: appearance, cerl (None when disabled), kp_detector, he_estimator, generator."""
+    """face-vid2vid + CERL: appearance, cerl (None when disabled), kp_detector, he_estimator, generator, and mapping
+    (MappingNet; None unless ``motion_source: coefficients``)."""
 
     def __init__(self, cfg: RendererConfig) -> None:
         super().__init__()
@@ -139,6 +155,7 @@ class Renderer(nn.Module):
         self.generator = OcclusionAwareSPADEGenerator(
             cfg.generator, cfg.dense_motion, cfg.num_kp, app.reshape_channel, app.reshape_depth,
             app.num_down_blocks, cfg.image_channel, cfg.align_corners)
+        self.mapping = MappingNet(cfg.mapping) if cfg.motion_source == "coefficients" else None
 
     def _check_image(self, image: torch.Tensor, what: str) -> None:
         c, s = self.cfg.image_channel, self.cfg.image_size
@@ -173,6 +190,13 @@ class Renderer(nn.Module):
         """(B, 3, H, W) -> HeadMotion (logits form)."""
         self._check_image(image, "estimate_motion")
         return self.he_estimator(image)
+
+    def map_motion(self, coeffs: torch.Tensor) -> HeadMotion:
+        """(B, 70, window) coefficient windows (`pipeline.faces.coeffs.coefficient_windows`) ->
+        HeadMotion (logits form), through MappingNet."""
+        if self.mapping is None:
+            raise ValueError("Renderer.map_motion needs motion_source: coefficients (this renderer has no MappingNet)")
+        return self.mapping(coeffs)
 
     def generate(self, volume: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> RendererOutput:
         """Warp the source volume from the source to the driving keypoints and decode.
@@ -305,7 +329,7 @@ def load_sadtalker_renderer(renderer: Renderer, path: str | os.PathLike[str], ma
         raise WeightsError(f"{path}: no 'generator' weights (top-level keys must include {list(SADTALKER_PARTS)})")
     state = map_keys(flat, SADTALKER_RULES, str(path))
     own = renderer.state_dict()
-    keep = ("cerl.",)
+    keep = ("cerl.", "mapping.")  # not in the facevid2vid file: CERL keeps its init, MappingNet is loaded below
     loaded = [p for p in SADTALKER_PARTS if any(k.startswith(p + ".") for k in flat)]
     if "he_estimator" not in loaded:
         log.warning("%s: no he_estimator weights; the head-pose estimator keeps its current weights", path)
@@ -317,13 +341,17 @@ def load_sadtalker_renderer(renderer: Renderer, path: str | os.PathLike[str], ma
     if renderer.cfg.align_corners:
         log.warning("%s: SadTalker was trained with grid_sample(align_corners=False); this renderer uses True "
                     "(RendererConfig.align_corners), so its warps differ slightly from SadTalker's", path)
-    if mapping is not None:
+    target = mapping if mapping is not None else renderer.mapping
+    if target is not None:
         mpath = Path(mapping_path) if mapping_path is not None else path
         mflat = _flatten_parts(_read_nested(mpath), ("mapping",), mpath)
         mstate = {k[len("mapping."):]: v for k, v in mflat.items()}
         if not mstate:
-            raise WeightsError(f"{mpath}: no 'mapping' weights")
-        load_state_strict(mapping, mstate, f"{mpath} (mapping)")
+            if mapping is not None or mapping_path is not None:
+                raise WeightsError(f"{mpath}: no 'mapping' weights")
+            log.warning("%s: no 'mapping' weights; the renderer's MappingNet keeps its current weights", mpath)
+            return loaded
+        load_state_strict(target, mstate, f"{mpath} (mapping)")
         loaded.append("mapping")
     return loaded
 
@@ -332,12 +360,13 @@ def sadtalker_layout(renderer: Renderer, mapping: MappingNet | None = None) -> d
     """Our weights in SadTalker's nested checkpoint layout (the inverse of `load_sadtalker_renderer`'s key
     mapping, CERL left out): {'generator': ..., 'kp_detector': ..., 'he_estimator': ..., ['mapping': ...]}."""
     inverse = [(new, old) for old, new in SADTALKER_RULES]
-    state = {k: v for k, v in renderer.state_dict().items() if not k.startswith("cerl.")}
+    state = {k: v for k, v in renderer.state_dict().items() if not k.startswith(("cerl.", "mapping."))}
     flat = map_keys(state, inverse, "sadtalker_layout")
     out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in SADTALKER_PARTS}
     for k, v in flat.items():
         part, _, rest = k.partition(".")
         out[part][rest] = v
+    mapping = mapping if mapping is not None else renderer.mapping
     if mapping is not None:
         out["mapping"] = dict(mapping.state_dict())
     return out
