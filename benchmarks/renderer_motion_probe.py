@@ -66,7 +66,10 @@ def probe(trainer: RendererTrainer, data, points: torch.Tensor, n: int) -> dict[
     r.eval()
     src, drv = data.source[:n], data.driving[:n]
     kp_c = r.canonical_keypoints(src)
-    he_s, he_d = trainer.estimate_motions([src, drv])
+    if trainer.from_images:
+        he_s, he_d = trainer.estimate_motions([src, drv])
+    else:  # motion_source: coefficients
+        he_s, he_d = trainer.map_motions(data.coeffs[:n])
     kp_s, kp_d = transform_keypoints(kp_c, he_s), transform_keypoints(kp_c, he_d)
     relation = audio_relation(trainer.tavc, data.mel[:n]) if r.cerl is not None else None
     out, own = r(src, kp_s, kp_d, relation), r(src, kp_s, kp_s, relation)
@@ -78,8 +81,10 @@ def probe(trainer: RendererTrainer, data, points: torch.Tensor, n: int) -> dict[
     rot = px(kp_c @ he_d.rotation().transpose(1, 2) - kp_c @ he_s.rotation().transpose(1, 2))
     angles = [torch.stack(h.degrees(), 1) for h in (he_s, he_d)]
     pts = pixels_to_grid(points[:n], size, ac)
-    h_train = copy.deepcopy(r.he_estimator).train()  # a copy: training mode must not move the running statistics
-    m_s, m_d = h_train(torch.cat([src, drv])).split([n, n])
+    if trainer.from_images:  # a copy: training mode must not move the running statistics
+        m_s, m_d = copy.deepcopy(r.he_estimator).train()(torch.cat([src, drv])).split([n, n])
+    else:  # MappingNet has no batch statistics: training mode = eval mode
+        m_s, m_d = he_s, he_d
     row = {"bg": float(out.mask[:, 0].mean()), "warp_px": px(out.deformation - grid), "kp_px": px(kp_d - kp_s),
            "rot_px": rot, "t_px": px((he_d.t - he_s.t)[:, None]), "exp_px": px(he_d.exp - he_s.exp),
            "dang_deg": float((angles[1] - angles[0]).abs().mean()),
@@ -98,9 +103,11 @@ def run(cfg: TrainRendererConfig, processed: Path, tavc_path: Path, seed: int, e
     seed_everything(seed)
     trainer = RendererTrainer(cfg, seed, load_tavc(tavc_path) if cfg.model.cerl.enabled else None, None,
                               torch.device("cpu"))
+    window = 0 if trainer.from_images else cfg.model.mapping.window  # as the stage: MappingNet's windows, no flip
     dataset = RendererDataset(train, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment,
-                              pair_sampling=cfg.pair_sampling)
-    data = build_eval_set(held, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, selection="motion")
+                              pair_sampling=cfg.pair_sampling, coeff_window=window, flip=trainer.from_images)
+    data = build_eval_set(held, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, selection="motion",
+                          coeff_window=window)
     n = min(pairs, len(data.source))
     points = held_out_points(held, data, cfg.model.image_size, n)
     state = {"off": background_off > 0}
