@@ -21,12 +21,14 @@ from pipeline.train.syncers import TrainSyncersConfig, build_syncers, syncer_con
 from pipeline.train.syncnet import TrainSyncNetConfig, build_model
 from pipeline.train.renderer import TrainRendererConfig
 from pipeline.train.tavc import TrainTAVCConfig
+from pipeline.train.tavce import TrainTAVCEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = yaml.safe_load((ROOT / "configs/params.full.yaml").read_text())
 SMALL = yaml.safe_load((ROOT / "params.yaml").read_text())
 SECTIONS = {"train_tavc": TrainTAVCConfig, "train_syncnet": TrainSyncNetConfig, "train_syncers": TrainSyncersConfig,
-            "pretrain_renderer": TrainRendererConfig, "train_audio2coeff": TrainAudio2CoeffConfig}
+            "pretrain_renderer": TrainRendererConfig, "train_audio2coeff": TrainAudio2CoeffConfig,
+            "train": TrainTAVCEConfig}
 
 
 def _keys(d: object, prefix: str = "") -> set[str]:
@@ -114,6 +116,12 @@ def test_small_configs_are_much_smaller(section: str) -> None:
         sizes = [sum(count_parameters(Audio2Coeff(replace(c.model, pose_generator=g))) for g in ("posevae", "ms_sync"))
                  for c in (small, full)]
         n_small, n_full = sizes
+    elif section == "train":  # the stage's own network: MappingNet (the renderer comes from pretrain_renderer)
+        from pipeline.models.renderer.mapping import MappingNet
+
+        n_small, n_full = count_parameters(MappingNet(small.mapping)), count_parameters(MappingNet(full.mapping))
+        assert n_full == 10_195_190  # SadTalker's MappingNet, 10.20 M (SPEC §5)
+        assert (full.lr, full.steps, full.car.weight, full.cerl.enabled) == (2e-4, 12_500, 0.1, True)
     else:
         from pipeline.models.renderer.renderer import Renderer
 

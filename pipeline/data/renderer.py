@@ -159,11 +159,14 @@ class RendererDataset(torch.utils.data.Dataset):
             ``MOTION_CANDIDATES`` uniform draws, so that more pairs need the motion path to be reconstructed.
         coeff_window: frames of the ``coeffs`` windows (0: not returned).
         flip: let the augmentation flip (see :func:`augment_pair`).
+        previous: also return ``previous`` (3, S, S), the real frame d-1 before the driving frame (augmented with
+            the pair), and ``landmarks_previous`` (68, 2) its landmarks in S px (TAVCE's CAR anchors the generated
+            frame's mouth change on it).
     """
 
     def __init__(self, clips: Sequence[Clip], seed: int, image_size: int, cache_mb: int = 512,
                  augment: bool = False, pair_sampling: PairSampling = "uniform", coeff_window: int = 0,
-                 flip: bool = True) -> None:
+                 flip: bool = True, previous: bool = False) -> None:
         short = [c.clip_id for c in clips if c.frames < 2]
         if not clips or short:
             raise CorpusError(f"renderer dataset needs clips of >= 2 frames; got {len(clips)} clips, "
@@ -174,7 +177,7 @@ class RendererDataset(torch.utils.data.Dataset):
             raise ValueError(f"pair_sampling must be 'uniform' or 'motion', got {pair_sampling!r}")
         self.clips = list(clips)
         self.seed, self.image_size, self.augment, self.pair_sampling = seed, image_size, augment, pair_sampling
-        self.coeff_window, self.flip = coeff_window, flip
+        self.coeff_window, self.flip, self.previous = coeff_window, flip, previous
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=8)  # whole clips are decoded at once: few open readers needed
         self.cache = _ClipFrameCache(cache_mb * 2**20)
@@ -229,13 +232,14 @@ class RendererDataset(torch.utils.data.Dataset):
     def load(self, spec: RendererSampleSpec, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Arrays of one sample; augmented with `rng` when given."""
         clip = self.clips[spec.clip]
-        frames = self.frames(clip, [spec.source, spec.driving])  # (2, S, S, 3) uint8
+        wanted = [spec.source, spec.driving] + ([spec.driving - 1] if self.previous else [])
+        frames = self.frames(clip, wanted)  # (2 or 3, S, S, 3) uint8
         coeffs = self.features.get_array(clip, "coeffs")  # (T, 73)
         pose = np.degrees(coeffs[[spec.source, spec.driving], 64:67])  # (2, 3)
         windows = coefficient_windows(coeffs, [spec.source, spec.driving], self.coeff_window) \
             if self.coeff_window else None  # (2, 70, W)
-        points = crop_to_image_pixels(self.features.get_array(clip, "landmarks")[[spec.source, spec.driving], :, :2],
-                                      self.crop_sides[clip.clip_id], self.image_size)  # (2, 68, 2)
+        points = crop_to_image_pixels(self.features.get_array(clip, "landmarks")[wanted, :, :2],
+                                      self.crop_sides[clip.clip_id], self.image_size)  # (2 or 3, 68, 2)
         if rng is not None:
             frames, flipped = augment_pair(frames, rng, flip=self.flip)
             if flipped:
@@ -244,12 +248,15 @@ class RendererDataset(torch.utils.data.Dataset):
                 if windows is not None:
                     windows = windows.copy()
                     windows[:, [64, 66, 67]] *= -1.0  # yaw, roll, x translation
-        source, driving = to_float_image(frames)  # (3, S, S) each
-        sample = {"source": source, "driving": driving, "mel": self.mels(clip, spec.driving),
-                  "pose": pose.astype(np.float32), "landmarks": points.astype(np.float32),
+        images = to_float_image(frames)  # (2 or 3, 3, S, S)
+        sample = {"source": images[0], "driving": images[1], "mel": self.mels(clip, spec.driving),
+                  "pose": pose.astype(np.float32), "landmarks": points[:2].astype(np.float32),
                   "clip": spec.clip, "source_index": spec.source, "driving_index": spec.driving}
         if windows is not None:
             sample["coeffs"] = windows
+        if self.previous:
+            sample["previous"] = images[2]
+            sample["landmarks_previous"] = points[2].astype(np.float32)
         return sample
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -292,6 +299,9 @@ class RendererEvalSet:
         pose_delta: (N,) Euclidean distance of the (yaw, pitch, roll) of source and driving, degrees.
         selection: how the pairs were chosen: ``random`` (uniform, ≥ `min_gap` apart) or ``motion`` (largest motion).
         coeffs: (N, 2, 70, W) MappingNet coefficient windows of (source, driving), or None (not built).
+        previous: (N, 3, S, S) the real frame d-1 before each driving frame, or None (not built).
+        roi_landmarks: (N, 2, 68, 2) preprocessing's landmarks of frames (d-1, d) in S px, or None: where CAR and
+            the TAVC similarity cut the mouth ROIs.
     """
 
     source: torch.Tensor
@@ -305,6 +315,8 @@ class RendererEvalSet:
     pose_delta: np.ndarray
     selection: EvalSelection = "random"
     coeffs: torch.Tensor | None = None
+    previous: torch.Tensor | None = None
+    roi_landmarks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
@@ -360,13 +372,14 @@ def motion_pairs(mouth: np.ndarray, pose: np.ndarray, pairs: int, mouth_scale: f
 
 def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_clip: int,
                    min_gap: int = MIN_EVAL_GAP, selection: EvalSelection = "random",
-                   coeff_window: int = 0) -> RendererEvalSet:
+                   coeff_window: int = 0, previous: bool = False) -> RendererEvalSet:
     """Decode held-out pairs (each clip's frames in one sorted decode).
 
     Args:
         selection: ``random``: the seeded uniform pairs of :func:`eval_specs`; ``motion``: per clip the
             `pairs_per_clip` pairs with the largest mouth-opening and head-pose differences (:func:`motion_pairs`).
         coeff_window: also build MappingNet's coefficient windows of W frames (0: none).
+        previous: also decode each driving frame's predecessor d-1 and the landmarks of (d-1, d) (for CAR / TAVC).
     """
     if pairs_per_clip < 1:
         raise ValueError(f"pairs_per_clip must be >= 1, got {pairs_per_clip}")
@@ -385,10 +398,10 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
             specs += [RendererSampleSpec(c, a, b) for a, b in found]
     else:
         raise ValueError(f"selection must be 'random' or 'motion', got {selection!r}")
-    sources, drivings, mels, boxes, d_mouth, d_pose, windows = [], [], [], [], [], [], []
+    sources, drivings, mels, boxes, d_mouth, d_pose, windows, prevs, roi_lms = [], [], [], [], [], [], [], [], []
     for c, clip in enumerate(clips):
         mine = [s for s in specs if s.clip == c]
-        wanted = sorted({f for s in mine for f in (s.source, s.driving)})
+        wanted = sorted({f for s in mine for f in (s.source, s.driving) + ((s.driving - 1,) if previous else ())})
         raw = dataset.frame_store.frames(clip, wanted)  # (n, H, W, 3) the preprocessed crop
         scale = image_size / raw.shape[2]
         by_frame = dict(zip(wanted, to_float_image(np.stack([resize_square(f, image_size) for f in raw]))))
@@ -401,6 +414,10 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
             boxes.append(mouth_box(landmarks[s.driving, MOUTH, :2] * scale, image_size))
             d_mouth.append(abs(m[s.source] - m[s.driving]))
             d_pose.append(float(np.linalg.norm(p[s.source] - p[s.driving])))
+            if previous:
+                prevs.append(by_frame[s.driving - 1])
+                roi_lms.append(crop_to_image_pixels(landmarks[[s.driving - 1, s.driving], :, :2], raw.shape[2],
+                                                    image_size))  # (2, 68, 2)
             if coeff_window:
                 windows.append(coefficient_windows(dataset.features.get_array(clip, "coeffs"),
                                                    [s.source, s.driving], coeff_window))  # (2, 70, W)
@@ -412,7 +429,9 @@ def build_eval_set(clips: Sequence[Clip], seed: int, image_size: int, pairs_per_
         positions=np.array([(s.source, s.driving) for s in specs], dtype=np.int64),
         mouth_box=np.stack(boxes), mouth_delta=np.asarray(d_mouth, np.float64),
         pose_delta=np.asarray(d_pose, np.float64), selection=selection,
-        coeffs=torch.from_numpy(np.stack(windows)) if coeff_window else None)
+        coeffs=torch.from_numpy(np.stack(windows)) if coeff_window else None,
+        previous=torch.from_numpy(np.stack(prevs)) if previous else None,
+        roi_landmarks=np.stack(roi_lms).astype(np.float32) if previous else None)
 
 
 def crop_to_image_pixels(points: np.ndarray, crop_side: int, image_size: int) -> np.ndarray:

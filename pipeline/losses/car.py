@@ -7,8 +7,8 @@ method.md §5).
 windows of frames i−1 and i; ``C^v_{i−1,i}`` that of the frozen visual encoder's features of the mouth ROI of the
 REAL frame v_{i−1} (detached: a fixed anchor) and of the GENERATED frame v̂_i. The loss is small when the change of
 the generated mouth from the previous real frame correlates with the change of the audio; its gradient reaches the
-renderer (and MappingNet) through v̂_i only. ⟨·,·⟩ is :func:`pipeline.losses.tavc.tavc_similarity` (= cos² of the
-feature differences, in [0, 1]), so L_CAR ∈ [0, 1]; a generated mouth that does not move (v̂_i's ROI = v_{i−1}'s)
+renderer (and MappingNet) through v̂_i only. ⟨·,·⟩ is :func:`pipeline.losses.tavc.tavc_similarity` (= cos² of
+the feature differences, in [0, 1]), so L_CAR ∈ [0, 1]; a generated mouth that does not move (v̂_i's ROI = v_{i−1}'s)
 gives exactly 1.
 
 The ROI is the one the TAVC metric was trained on (`pipeline.data.corpus.mouth_roi`: a 72/256-of-the-crop square
@@ -45,7 +45,8 @@ def mouth_roi_torch(images: torch.Tensor, landmarks: torch.Tensor, size: int = M
     if images.dim() != 4 or images.shape[2] != images.shape[3]:
         raise ValueError(f"mouth_roi_torch: expected (B, 3, S, S) square crops, got {tuple(images.shape)}")
     if landmarks.shape != (images.shape[0], 68, 2):
-        raise ValueError(f"mouth_roi_torch: expected ({images.shape[0]}, 68, 2) landmarks, got {tuple(landmarks.shape)}")
+        raise ValueError(f"mouth_roi_torch: expected ({images.shape[0]}, 68, 2) landmarks, "
+                         f"got {tuple(landmarks.shape)}")
     s_img = images.shape[-1]
     side = box * s_img / reference  # the ROI's side in image pixels
     centre = torch.quantile(landmarks[:, MOUTH].to(images.dtype), 0.5, dim=1)  # (B, 2), NumPy's median

@@ -478,7 +478,8 @@ class RendererLossWeights:
     5 layers). `head_pose` must be 0 when no pretrained pose network is available (method.md §4.3). `l1` is not part of
     face-vid2vid (0 at full size); small CPU configs may use it to converge faster. `landmark_flow`
     (:func:`landmark_flow_loss`, preprocessing's landmarks as a teacher of the dense motion) is this project's
-    addition too: 0 = face-vid2vid.
+    addition too: 0 = face-vid2vid. `car` is TAVCE's audio-visual regularisation (:class:`pipeline.losses.car.CARLoss`,
+    Eq. 6) of the audio-driven stage: 0 in video-driven pretraining.
     """
 
     perceptual: float = 10.0
@@ -490,6 +491,7 @@ class RendererLossWeights:
     deformation_prior: float = 5.0
     l1: float = 0.0
     landmark_flow: float = 0.0
+    car: float = 0.0
 
     def validate(self) -> None:
         for f in fields(self):

@@ -37,6 +37,7 @@ from pipeline.data.corpus import MOUTH, load_split_clips
 from pipeline.data.renderer import PairSampling, RendererDataset, RendererEvalSet, build_eval_set
 from pipeline.data.sampling import sample_generator, seed_everything, step_loader
 from pipeline.io import atomic_path, file_digest, write_json
+from pipeline.losses.car import CARLoss, mouth_roi_torch
 from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, RandomTransform, RendererLossWeights,
                                       TransformConfig,
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
@@ -86,6 +87,7 @@ class TrainRendererConfig:
     weights: RendererWeightsConfig = RendererWeightsConfig()
     batch_size: int = 16
     lr: float = 2e-4  # face-vid2vid, all networks
+    mapping_lr: float | None = None  # MappingNet's own learning rate (TAVCE: 2e-4); None = lr
     betas: tuple[float, float] = (0.5, 0.999)  # face-vid2vid's Adam
     lr_schedule: LRSchedule = "constant"
     steps: int = 200_000
@@ -124,6 +126,10 @@ class TrainRendererConfig:
         for name in ("steps", "gan_start", "eval_every", "workers", "cache_mb", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mapping_lr is not None and not self.mapping_lr > 0:
+            raise ValueError(f"mapping_lr must be > 0 (or null = lr), got {self.mapping_lr}")
+        if self.loss_weights.car > 0 and self.model.image_size < 16:
+            raise ValueError("loss_weights.car needs image_size >= 16 (the mouth ROI)")
         if not self.lr > 0 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"lr must be > 0 and betas in [0, 1), got lr {self.lr}, betas {self.betas}")
         if not self.train_splits or not self.eval_splits:
@@ -196,8 +202,16 @@ class RendererTrainer:
         self.pose_teacher = pose_teacher.to(device) if pose_teacher is not None else None
         self.perceptual = PerceptualPyramidLoss(cfg.perceptual).to(device)
         self.w = cfg.loss_weights
-        self.opt_g = torch.optim.Adam([p for p in self.renderer.parameters() if p.requires_grad], lr=cfg.lr,
-                                      betas=cfg.betas)
+        self.car = CARLoss(self.tavc) if self.w.car > 0 else None
+        if self.w.car > 0 and self.tavc is None:
+            raise ValueError("loss_weights.car > 0 needs the trained TAVC metric")
+        trainable = [(n, p) for n, p in self.renderer.named_parameters() if p.requires_grad]
+        if cfg.mapping_lr is None:
+            groups = [{"params": [p for _, p in trainable], "base_lr": cfg.lr}]
+        else:  # TAVCE: MappingNet has its own learning rate
+            groups = [{"params": [p for n, p in trainable if not n.startswith("mapping.")], "base_lr": cfg.lr},
+                      {"params": [p for n, p in trainable if n.startswith("mapping.")], "base_lr": cfg.mapping_lr}]
+        self.opt_g = torch.optim.Adam([dict(g, lr=g["base_lr"]) for g in groups if g["params"]], betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
 
     def gan_active(self, step: int) -> bool:
@@ -260,6 +274,10 @@ class RendererTrainer:
                 terms["head_pose"] = head_pose_loss(angles, ref)
         if w.deformation_prior > 0:
             terms["deformation_prior"] = deformation_prior_loss(he_d.exp)
+        if self.car is not None:  # TAVCE Eq. 6: the generated mouth's change from the real d-1 follows the audio's
+            terms["car"] = self.car(batch["mel"].to(self.device), batch["previous"].to(self.device), pred,
+                                    batch["landmarks_previous"].to(self.device),
+                                    batch["landmarks"][:, 1].to(self.device)).loss
         if w.landmark_flow > 0:
             size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
             points = pixels_to_grid(batch["landmarks"].to(self.device), size, ac)  # (B, 2, 68, 2)
@@ -285,10 +303,10 @@ class RendererTrainer:
         return [r.estimate_motion(f) for f in frames]
 
     def set_learning_rate(self, step: int) -> None:
-        lr = learning_rate(self.cfg, step)
-        for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        for group in self.opt_g.param_groups:  # each group's own base rate (MappingNet may have its own)
+            group["lr"] = scheduled_lr(group.get("base_lr", self.cfg.lr), step, self.cfg.steps, self.cfg.lr_schedule)
+        for group in self.opt_d.param_groups:
+            group["lr"] = learning_rate(self.cfg, step)
 
     def generator_update(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], torch.Tensor]:
         """One Adam step on the renderer (F, CERL, L, H, G) only; returns the loss values and the prediction."""
@@ -521,16 +539,19 @@ def write_report(run: RendererRunResult, reports: str | os.PathLike[str]) -> Non
 
 
 def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None, out: Path, reports: Path,
-                       cfg: TrainRendererConfig, seed: int, tracker: Tracker, progress: bool) -> RendererRunResult:
+                       cfg: TrainRendererConfig, seed: int, tracker: Tracker, progress: bool,
+                       init: Path | None = None) -> RendererRunResult:
+    """The training run behind `pretrain_renderer` and (with `init`, the pretrained renderer to fine-tune, and
+    MappingNet / CAR in `cfg`) TAVCE's audio-driven stage `train` (`pipeline.train.tavce`)."""
     cfg.validate()
     device = torch.device(cfg.device)
     train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, 2)
 
     tavc = None
     tavc_digest = None
-    if cfg.model.cerl.enabled:
+    if cfg.model.cerl.enabled or cfg.loss_weights.car > 0:
         if tavc_path is None:
-            raise ValueError("model.cerl.enabled needs the trained TAVC metric (--tavc)")
+            raise ValueError("model.cerl.enabled and loss_weights.car need the trained TAVC metric (--tavc)")
         tavc = load_tavc(tavc_path)
         if tavc.cfg.embed_dim != cfg.model.cerl.relation_dim:
             raise ValueError(f"{tavc_path}: TAVC embed_dim {tavc.cfg.embed_dim} != model.cerl.relation_dim "
@@ -541,7 +562,8 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         from pipeline.models.hopenet import load_hopenet
         pose_teacher = load_hopenet(cfg.weights.head_pose)
 
-    fp = fingerprint(_fingerprint_config(cfg), seed, file_digest(processed / "manifest.parquet"), tavc_digest)
+    fp = fingerprint(_fingerprint_config(cfg), seed, file_digest(processed / "manifest.parquet"), tavc_digest,
+                     *([file_digest(init)] if init is not None else []))
     ckpt_path = out / "checkpoint.pt"
     seed_everything(seed)
     trainer = RendererTrainer(cfg, seed, tavc, pose_teacher, device)
@@ -551,18 +573,22 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         trainer.load_extra_state(state["extra"], str(ckpt_path))
         log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
     else:
-        if cfg.weights.sadtalker is not None:
+        if init is not None:
+            for note in load_init_weights(trainer.renderer, init):
+                log.info("%s", note)
+        elif cfg.weights.sadtalker is not None:
             load_sadtalker_renderer(trainer.renderer, cfg.weights.sadtalker)
         start, history = 0, History()
 
     t0 = time.perf_counter()
-    window = cfg.model.mapping.window if not trainer.from_images else 0  # MappingNet's coefficient windows
-    if window and cfg.loss_weights.equivariance > 0:
+    coeff_window = cfg.model.mapping.window if not trainer.from_images else 0  # MappingNet's input windows
+    if coeff_window and cfg.loss_weights.equivariance > 0:
         log.info("motion_source: coefficients: the equivariance term is off (it constrains H on warped images, "
                  "which this motion source does not use)")
-    eval_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, coeff_window=window)
+    eval_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip,
+                              coeff_window=coeff_window)
     motion_set = build_eval_set(eval_clips, seed, cfg.model.image_size, cfg.eval_pairs_per_clip, selection="motion",
-                                coeff_window=window)
+                                coeff_window=coeff_window, previous=tavc is not None)
     params = parameter_counts(trainer)
     log.info("renderer: %d train clips, %d held-out pairs from %d clips (built in %.1f s); %s parameters "
              "(+ discriminator %s); perceptual extractor: %s; head-pose loss: %s", len(train_clips),
@@ -597,7 +623,8 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
             heldout(0, landmarks=False)
         # With MappingNet the flip is off: the expression coefficients of a mirrored face are not known.
         dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment,
-                                  pair_sampling=cfg.pair_sampling, coeff_window=window, flip=trainer.from_images)
+                                  pair_sampling=cfg.pair_sampling, coeff_window=coeff_window, flip=trainer.from_images,
+                                  previous=cfg.loss_weights.car > 0)
         loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
         trainer.renderer.train()
         trainer.discriminator.train()
@@ -635,6 +662,8 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
     finally:
         backend.close()
     motion = summarize(motion_res, motion_set.clip_ids, cfg.bootstrap, seed)
+    if tavc is not None:  # the paper's own metric on the same pairs: does the generated mouth change follow the audio?
+        motion["tavc_similarity"] = tavc_similarity_report(trainer.tavc, motion_set, motion_pred, cfg.bootstrap, seed)
     motion["differences"] = {
         "mouth_opening_iod": _spread(motion_set.mouth_delta), "head_pose_deg": _spread(motion_set.pose_delta),
         "near_static_mouth_opening_iod": _spread(eval_set.mouth_delta),
@@ -644,7 +673,8 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
     # Diagnostic: the same protocol on the training speakers' clips. These frames were trained on; the
     # identities were seen. A renderer that beats the source baseline here but not on held-out speakers has
     # learned motion for the faces it knows and not yet the one-shot transfer of appearance.
-    seen_set = build_eval_set(train_clips, seed, cfg.model.image_size, SEEN_PAIRS_PER_CLIP, coeff_window=window)
+    seen_set = build_eval_set(train_clips, seed, cfg.model.image_size, SEEN_PAIRS_PER_CLIP,
+                              coeff_window=coeff_window)
     seen_res, _ = evaluate_heldout(trainer, seen_set, cfg.landmark_size, None)
     seen = summarize(seen_res, seen_set.clip_ids, cfg.bootstrap, seed)
     save_sample_grid(reports / "samples.png", eval_set, pred,
@@ -661,6 +691,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
                    "met": bool(len(beats) == 2 and all(beats))},
         "target_motion": motion_target(motion),
         "extractors": {"perceptual": trainer.perceptual.extractor_name,
+                       "tavc_similarity": "this project's TAVC metric (train_tavc)" if tavc is not None else None,
                        "head_pose": _pose_loss_name(cfg, pose_teacher),
                        "landmarks": "mediapipe (68-point mapping), frames resized to "
                                     f"{cfg.landmark_size} px"},
@@ -677,6 +708,57 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
                   for data, table in ((eval_set, res), (motion_set, motion_res))
                   for n, (c, s, p) in enumerate(zip(data.clip_ids, data.speakers, data.positions))]
     return RendererRunResult(metrics=metrics, history=history, per_sample=per_sample, seconds=round(train_seconds, 1))
+
+
+def load_init_weights(renderer: Renderer, path: str | os.PathLike[str]) -> list[str]:
+    """Start `renderer` from a trained renderer checkpoint (fine-tuning; TAVCE's stage `train` starts from
+    `pretrain_renderer`). Every network both have is loaded strictly; a MappingNet the checkpoint lacks keeps its
+    fresh initialisation, and CERL weights are dropped when this renderer has CERL disabled (the "w/o CERL"
+    ablation). Returns notes on what was not loaded.
+
+    Raises:
+        WeightsError: naming the file, when it is not a renderer checkpoint or a shared network does not fit.
+    """
+    from pipeline.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path, kind=CHECKPOINT_KIND)["model"]
+    own = renderer.state_dict()
+    notes = []
+    for prefix, present in (("mapping.", renderer.mapping is not None), ("cerl.", renderer.cerl is not None)):
+        theirs = any(k.startswith(prefix) for k in state)
+        if present and not theirs:
+            notes.append(f"{path}: no {prefix[:-1]} weights; this renderer's {prefix[:-1]} starts fresh")
+            state.update({k: v for k, v in own.items() if k.startswith(prefix)})
+        elif theirs and not present:
+            notes.append(f"{path}: its {prefix[:-1]} weights are not used (disabled here)")
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    load_state_strict(renderer, state, str(path))  # WeightsError naming missing / extra / mis-shaped keys
+    return notes
+
+
+@torch.no_grad()
+def tavc_similarity_report(tavc: TAVC, data: RendererEvalSet, pred: torch.Tensor, n_boot: int,
+                           seed: int) -> dict[str, Any]:
+    """TAVC similarity ``⟨C^a_{d-1,d}, C^v_{d-1,d}⟩`` (TAVCE Eq. 2-3, this project's trained metric) with the real
+    frame d-1 and, as frame d, the generated frame vs the real driving frame (the reference) vs the source frame
+    ("copy the source"); mouth ROIs placed by preprocessing's landmarks of d-1 and d. Means with clip-bootstrap 95 %
+    intervals of generated − copy."""
+    from pipeline.losses.tavc import tavc_similarity
+
+    assert data.previous is not None and data.roi_landmarks is not None
+    lm = torch.from_numpy(data.roi_landmarks)  # (N, 2, 68, 2): d-1, d
+    n = len(data)
+    f_a = tavc.encode_audio(data.mel.flatten(0, 1)).unflatten(0, (n, 2))  # (N, 2, D)
+    f_prev = tavc.encode_visual(mouth_roi_torch(data.previous.float(), lm[:, 0]))  # (N, D)
+    sims = {}
+    for name, frames in (("generated", pred.float()), ("real", data.driving.float()), ("source", data.source.float())):
+        f_cur = tavc.encode_visual(mouth_roi_torch(frames, lm[:, 1]))
+        sims[name] = tavc_similarity(f_a[:, 0], f_a[:, 1], f_prev, f_cur).numpy().astype(np.float64)
+    diff = sims["generated"] - sims["source"]
+    lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed, groups=data.clip_ids)
+    return {"generated": float(sims["generated"].mean()), "real": float(sims["real"].mean()),
+            "source": float(sims["source"].mean()), "improvement_vs_source": float(diff.mean()),
+            "improvement_vs_source_ci_low": lo, "improvement_vs_source_ci_high": hi, "pairs": n}
 
 
 def _pose_loss_name(cfg: TrainRendererConfig, pose_teacher: torch.nn.Module | None) -> str | None:
