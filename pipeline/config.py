@@ -14,6 +14,7 @@ Type rules (deliberately strict, because YAML is not):
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import re
 import types
@@ -97,12 +98,26 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported config field type {tp!r}")
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
+_FILL_DEFAULTS: contextvars.ContextVar[bool] = contextvars.ContextVar("fill_defaults", default=False)
+
+
+def from_dict(cls: type[T], data: Any, where: str, *, fill_defaults: bool = False) -> T:
     """Build the frozen dataclass `cls` from the mapping `data` (a params.yaml section called `where`).
+
+    Args:
+        fill_defaults: let missing keys (of this and every nested dataclass) take their defaults. For configs stored
+            inside checkpoints written before a key existed (a new key's default keeps the old behaviour); params
+            sections never use it.
 
     Raises:
         ConfigError: for unknown keys, missing keys or wrong types, naming the dotted key.
     """
+    if fill_defaults:
+        token = _FILL_DEFAULTS.set(True)
+        try:
+            return from_dict(cls, data, where)
+        finally:
+            _FILL_DEFAULTS.reset(token)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = get_type_hints(cls)
@@ -114,6 +129,9 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     kwargs = {}
     for name, field in fields.items():
         key = f"{where}.{name}"
+        if name not in data and _FILL_DEFAULTS.get() and (
+                field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING):
+            continue  # the dataclass's default
         if name not in data:
             # Defaults serve code that builds configs directly; a params section must spell out every key,
             # so that params.yaml (and `dvc params diff`) always shows the full configuration of a run.

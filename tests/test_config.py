@@ -125,3 +125,15 @@ def test_fixed_length_tuple() -> None:
         from_dict(Pairs, {"size": [3.5, 4]}, "s")
     with pytest.raises(ConfigError, match=r"s\.size: expected a list of 2"):
         from_dict(Pairs, {"size": [3]}, "s")
+
+
+def test_fill_defaults_completes_configs_stored_before_a_key_existed() -> None:
+    old = {"lr": 2.0, "inner": {"a": 3}}  # written before mode / enabled / weights / inner.b existed
+    with pytest.raises(ConfigError, match="missing"):
+        from_dict(Outer, old, "model")
+    got = from_dict(Outer, old, "model", fill_defaults=True)
+    assert got == Outer(lr=2.0, inner=Inner(a=3))
+    with pytest.raises(ConfigError, match="model.lr: missing"):  # a key without a default is still required
+        from_dict(Outer, {"inner": {}}, "model", fill_defaults=True)
+    with pytest.raises(ConfigError, match="missing"):  # and the strict mode is back afterwards
+        from_dict(Outer, old, "model")

@@ -494,3 +494,16 @@ def test_sadtalker_loader_fills_the_renderers_own_mapping_net(tmp_path):
     assert "mapping" not in load_sadtalker_renderer(dst, tmp_path / "fv2v.pth.tar")
     for k, v in dst.mapping.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_mapping_translation_zero_keeps_the_layout_and_outputs_no_translation():
+    learned = MappingNet(MappingConfig(descriptor_dim=16, num_kp=K))
+    zero = MappingNet(MappingConfig(descriptor_dim=16, num_kp=K, translation="zero"))
+    assert set(zero.state_dict()) == set(learned.state_dict())  # fc_t stays: one checkpoint layout
+    zero.load_state_dict(learned.state_dict())
+    x = torch.randn(2, 70, 27)
+    a, b = learned(x), zero(x)
+    assert torch.count_nonzero(b.t) == 0 and torch.count_nonzero(a.t) > 0
+    torch.testing.assert_close(a.exp, b.exp)
+    with pytest.raises(ValueError, match="translation"):
+        MappingConfig(translation="none").validate()

@@ -138,7 +138,7 @@ def init_model_config(path: str | os.PathLike[str]) -> RendererConfig:
     """The RendererConfig stored in a renderer checkpoint (raises WeightsError naming the file)."""
     state = load_checkpoint(path, kind=CHECKPOINT_KIND)
     try:
-        return from_dict(RendererConfig, state["config"]["model"], "model")
+        return from_dict(RendererConfig, state["config"]["model"], "model", fill_defaults=True)
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(f"{path}: no usable renderer config ({err})") from err
 

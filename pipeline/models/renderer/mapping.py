@@ -15,6 +15,7 @@ SadTalker's MappingNet uses each angle head for the angle it is named after (unl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -38,6 +39,9 @@ class MappingConfig:
         zero_init_motion: start fc_t and fc_exp at zero (weights and bias), so a new MappingNet moves the keypoints
             only by its rotation until the reconstruction asks for more (as ``head_pose.zero_init_motion``;
             decisions.md "When and why the mask collapses"). SadTalker's weights overwrite it.
+        translation: ``learned`` (SadTalker: fc_t) or ``zero`` (t = 0: the face crops of this pipeline follow the
+            head, so the translation left inside a crop is under a pixel at 64 px, and an unanchored fc_t drifts by
+            10+ px; decisions.md "Motion from coefficients"). fc_t exists either way, so checkpoints keep one layout.
     """
 
     coeff_dim: int = 70
@@ -47,8 +51,11 @@ class MappingConfig:
     num_bins: int = POSE_BINS
     window: int = 27
     zero_init_motion: bool = False
+    translation: Literal["learned", "zero"] = "learned"
 
     def validate(self) -> None:
+        if self.translation not in ("learned", "zero"):
+            raise ValueError(f"mapping.translation must be 'learned' or 'zero', got {self.translation!r}")
         for name in ("coeff_dim", "descriptor_dim", "num_kp", "num_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mapping.{name} must be >= 1, got {getattr(self, name)}")
@@ -97,5 +104,5 @@ class MappingNet(nn.Module):
             out = getattr(self, f"encoder{i}")(out) + out[:, :, c:-c]  # (B, Dm, T' - 6)
         out = self.pooling(out).flatten(1)  # (B, Dm)
         exp = self.fc_exp(out).view(out.shape[0], self.cfg.num_kp, 3)  # (B, K, 3)
-        return HeadMotion(yaw=self.fc_yaw(out), pitch=self.fc_pitch(out), roll=self.fc_roll(out),
-                          t=self.fc_t(out), exp=exp)
+        t = self.fc_t(out) if self.cfg.translation == "learned" else out.new_zeros(out.shape[0], 3)
+        return HeadMotion(yaw=self.fc_yaw(out), pitch=self.fc_pitch(out), roll=self.fc_roll(out), t=t, exp=exp)

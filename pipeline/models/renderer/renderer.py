@@ -268,7 +268,8 @@ def load_renderer(path: str | os.PathLike[str], *, frozen: bool = True, device: 
             not fit the rebuilt model (with the keys at fault).
     """
     return load_model(path, CHECKPOINT_KIND,
-                      lambda state: Renderer(from_dict(RendererConfig, state["config"]["model"], "model")),
+                      lambda state: Renderer(from_dict(RendererConfig, state["config"]["model"], "model",
+                                                                fill_defaults=True)),
                       frozen=frozen, device=device)
 
 
