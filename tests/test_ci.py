@@ -95,3 +95,56 @@ def test_ci_report_shows_param_metric_and_plot_changes_between_two_commits(tmp_p
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "curve.csv" in html and "workspace" in html and "HEAD" in html  # both revisions drawn
     assert "### render_fps" in report and "1.15x" in report.split("## Benchmarks")[1]
+
+
+def _dvc_json(args: list[str], cwd: Path) -> dict | list:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"}, timeout=120)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_dvc_plots_show_renders_every_declared_plot_of_the_stages_that_ran(tmp_path: Path) -> None:
+    """Every plot in dvc.yaml (top-level `plots:` and the stages' own) renders from the committed reports; a plot may
+    only be missing when its stage has not run yet (no metrics.json in its report folder)."""
+    import json
+
+    import yaml
+
+    shown = _dvc_json(["plots", "show", "--json", "-o", str(tmp_path / "plots")], ROOT)
+    top = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    declared = [next(iter(p)) if isinstance(p, dict) else p for p in top]
+    for name in declared:  # a folder of images (sample grids per step) renders as one entry per file
+        assert name in shown["data"] or any(k.startswith(name + "/") for k in shown["data"]), name
+    kinds = {"vega": 0, "image": 0}
+    for error in shown.get("errors", []):
+        source = Path(error.get("source", ""))
+        stage_ran = (ROOT / "reports" / source.relative_to("reports").parts[0] / "metrics.json").exists() \
+            if source.parts[:1] == ("reports",) else True
+        assert error["type"] == "FileNotFoundError" and not stage_ran, error
+    for name, renders in shown["data"].items():
+        for r in renders:
+            kinds[r["type"]] += 1
+            if r["type"] == "image":
+                assert Path(r["url"]).stat().st_size > 0, name
+            else:
+                assert r["content"]["data"]["values"], name
+    assert kinds["vega"] >= 4 and kinds["image"] >= 15, kinds
+    assert '"rect"' in json.dumps(shown["data"]["syncnet_offsets"])  # the confusion template's heat map
+
+
+def test_dvc_exp_show_has_every_stages_metrics_as_columns() -> None:
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    rows = _dvc_json(["exp", "show", "--json", "--no-pager"], ROOT)
+    metrics = rows[0]["data"]["metrics"]
+    for name, stage in stages.items():
+        files = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+        for f in files:
+            f = f.replace("${common.paths.reports}", "reports")
+            assert f in metrics, (name, f)
+            if (ROOT / f).exists():
+                assert metrics[f]["data"], (name, f)  # the values, i.e. columns of `dvc exp show`
