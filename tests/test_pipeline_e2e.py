@@ -19,7 +19,7 @@ COPY = ["pipeline", "stages", "params.yaml", "configs", "dvc.yaml", ".dvcignore"
 
 
 STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer",
-          "train_audio2coeff")
+          "train", "train_audio2coeff")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -52,6 +52,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     params["train_syncers"].update(eval_every=0, checkpoint_every=2, log_every=1, eval_samples=16)
     params["pretrain_renderer"].update(steps=2, eval_every=0, checkpoint_every=1, log_every=1, eval_pairs_per_clip=1,
                                        bootstrap=20, landmark_size=128)
+    params["train"].update(steps=2, eval_every=0, checkpoint_every=1, log_every=1, eval_pairs_per_clip=1, bootstrap=20,
+                           landmark_size=128)
     params["train_audio2coeff"].update(steps=2, batch_size=2, eval_every=0, checkpoint_every=1, log_every=1)
     params["train_audio2coeff"]["evaluation"].update(seeds=[0], random_draws=1, video_clips=1, bootstrap=20)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -86,7 +88,7 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert (path / "dvc.lock").is_file()
     runs = _runs(path)
     assert sorted(runs["tags.stage"]) == sorted(STAGES)
-    for stage in ("train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer", "train_audio2coeff"):
+    for stage in ("train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer", "train", "train_audio2coeff"):
         assert (path / "reports" / stage / "metrics.json").is_file()
     assert runs.set_index("tags.stage").loc["train_audio2coeff", "tags.lip_expert"].startswith("train_syncers ms1")
     assert (path / "reports/pretrain_renderer/samples.png").is_file()
@@ -112,9 +114,16 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert "Running stage 'preprocess'" not in exp and "Running stage 'train_syncnet'" not in exp
     runs = _runs(path)
     new = runs[runs["tags.dvc_exp_name"].fillna("") == "lr-variant"].set_index("tags.stage")
-    assert sorted(new.index) == ["pretrain_renderer", "train_tavc"]  # the renderer's CERL uses the TAVC encoder
+    assert sorted(new.index) == ["pretrain_renderer", "train", "train_tavc"]  # CERL and CAR use the TAVC encoders
     assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
     assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head
+
+    # TAVCE's MappingNet learning rate, typed as the paper gives it (issue 12): only stage `train` reruns
+    exp = _run(["dvc", "exp", "run", "-n", "paper-lr", "-S", "train.lr=2e-4"], path, env)
+    assert "Running stage 'train'" in exp and "Running stage 'pretrain_renderer'" not in exp
+    runs = _runs(path)
+    paper = runs[runs["tags.dvc_exp_name"].fillna("") == "paper-lr"].set_index("tags.stage")
+    assert list(paper.index) == ["train"] and float(paper.loc["train", "params.train.lr"]) == 2e-4
 
     # the multi-scale sync loss switch of issue 11 (the workspace holds the lr variant's results, so only Audio2Coeff reruns)
     exp = _run(["dvc", "exp", "run", "-n", "no-ms-sync", "-S", "train_audio2coeff.ms_sync.weight=0"], path, env)
