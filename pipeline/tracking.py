@@ -1,10 +1,14 @@
 """Experiment tracking: the only module that imports MLflow.
 
-One MLflow experiment for the project, one run per executed DVC stage. A run carries
+One MLflow experiment for the project, one run per executed DVC stage. Under `dvc exp run` (DVC_EXP_NAME set) the
+stage runs of one DVC experiment are nested under a parent run named after it (`experiment_parent_run`), so the UI
+lists each experiment as one expandable row and its stages side by side. A run carries
 - tags: stage name, git revision, DVC experiment name and baseline revision (when run by `dvc exp run`),
   the data version (a content hash of the stage's inputs) and the host;
 - params: the stage's params.yaml section and the common section (flattened, dotted keys);
-- metrics (also per step for training curves) and small artifacts (metrics.json, plots, contact sheets).
+- metrics (also per step for training curves) and small artifacts (metrics.json, plots, contact sheets);
+- MLflow's system metrics (`system/cpu_utilization_percentage`, `system/system_memory_usage_megabytes`, GPU where
+  one exists), sampled every `RunContext.system_metrics_interval_s` seconds while the stage runs.
 
 A run whose process dies without closing it (SIGKILL, the out-of-memory killer, a power cut) would stay RUNNING
 forever; each run therefore records its process (`pid`, `process_start`, `host`), and a stage starting marks its own
@@ -82,6 +86,7 @@ class RunContext:
         git_rev: commit the code was run from ("unknown" outside git).
         dvc_exp_name / dvc_baseline_rev: set by `dvc exp run`, else None.
         extra_tags: anything else worth recording (e.g. the DVC stage name).
+        system_metrics_interval_s: sampling interval of MLflow's CPU / memory / GPU monitor; None turns it off.
     """
 
     root: Path
@@ -91,6 +96,7 @@ class RunContext:
     dvc_exp_name: str | None = None
     dvc_baseline_rev: str | None = None
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    system_metrics_interval_s: float | None = 10.0  # None: no system metrics
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -275,6 +281,40 @@ def run_tags(ctx: RunContext, stage: str, data_ver: str) -> dict[str, str]:
     return tags
 
 
+def experiment_parent_run(client: Any, experiment_id: str, ctx: RunContext) -> str | None:
+    """The parent run of DVC experiment `ctx.dvc_exp_name` (found by its tags, created by its first stage); None
+    outside `dvc exp run`. Its stage runs carry `mlflow.parentRunId`, which the UI shows as nesting."""
+    if not ctx.dvc_exp_name:
+        return None
+    name = ctx.dvc_exp_name.replace("'", "")
+    query = f"tags.dvc_exp_name = '{name}' and tags.run_kind = 'dvc_experiment'"
+    with _sqlite_lock(resolve_tracking_uri(ctx)):  # stages of one experiment start one after another; be safe anyway
+        found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {"run_kind": "dvc_experiment", "dvc_exp_name": ctx.dvc_exp_name, "git_rev": ctx.git_rev,
+                "mlflow.source.git.commit": ctx.git_rev, "host": socket.gethostname()}
+        if ctx.dvc_baseline_rev:
+            tags["dvc_baseline_rev"] = ctx.dvc_baseline_rev
+        return client.create_run(experiment_id, run_name=ctx.dvc_exp_name, tags=tags).info.run_id
+
+
+@contextlib.contextmanager
+def _system_metrics(run_id: str, uri: str, interval_s: float | None) -> Iterator[None]:
+    """MLflow's CPU / memory / disk / network (and GPU) monitor on `run_id` while the body runs."""
+    if interval_s is None:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 @contextlib.contextmanager
 def stage_run(ctx: RunContext, stage: str, params: Mapping[str, Any], data_ver: str) -> Iterator[MlflowTracker]:
     """Open one MLflow run for a stage; it ends FINISHED, or FAILED if the body raises.
@@ -292,13 +332,22 @@ def stage_run(ctx: RunContext, stage: str, params: Mapping[str, Any], data_ver: 
     client = mlflow.MlflowClient(tracking_uri=uri)
     mark_killed_runs(client, exp_id, stage)
     run_name = f"{stage}:{ctx.dvc_exp_name}" if ctx.dvc_exp_name else stage
-    run = client.create_run(exp_id, run_name=run_name, tags=run_tags(ctx, stage, data_ver))
+    tags = run_tags(ctx, stage, data_ver)
+    parent = experiment_parent_run(client, exp_id, ctx)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
     tracker = MlflowTracker(client, run.info.run_id)
     log.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, uri)
     try:
-        tracker.log_params(params)
-        yield tracker
+        with _system_metrics(run.info.run_id, uri, ctx.system_metrics_interval_s):
+            tracker.log_params(params)
+            yield tracker
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
+        if parent:
+            client.set_terminated(parent, status="FAILED")
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
+    if parent:  # the experiment's row ends with its last stage (a later stage moves the end time on)
+        client.set_terminated(parent, status="FINISHED")

@@ -148,3 +148,79 @@ def test_dvc_exp_show_has_every_stages_metrics_as_columns() -> None:
             assert f in metrics, (name, f)
             if (ROOT / f).exists():
                 assert metrics[f]["data"], (name, f)  # the values, i.e. columns of `dvc exp show`
+
+
+SWEEP_STAGE = """import json, sys
+import yaml
+sys.path.insert(0, {root!r})
+from pipeline import tracking
+from stages import common
+
+lr = yaml.safe_load(open("params.yaml"))["train_tavc"]["lr"]
+with tracking.stage_run(common.run_context(), "train_tavc", {{"train_tavc.lr": lr}}, "v0") as tracker:
+    score = round(1.0 - 100 * lr, 4)
+    tracker.log_metrics({{"score": score}})
+json.dump({{"score": score}}, open("metrics.json", "w"))
+"""
+
+SWEEP_DVC_YAML = """stages:
+  train_tavc:
+    cmd: {python} train_tavc.py
+    deps: [train_tavc.py]
+    params: [train_tavc.lr]
+    metrics: [{{metrics.json: {{cache: false}}}}]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_queued_sweep_of_three_values_lands_in_dvc_exp_show_and_mlflow(tmp_path: Path) -> None:
+    """The README's sweep, `dvc exp run --queue -S 'train_tavc.lr=1e-4,2e-4,1e-3'` + `dvc queue start -j 1`, on a tiny
+    one-stage repository whose stage records its run through pipeline.tracking like every real stage."""
+    import json
+    import time
+
+    import mlflow
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(["git", "init", "-q", "-b", "main"], repo)
+    _run(dvc + ["init", "-q"], repo)
+    (repo / "train_tavc.py").write_text(SWEEP_STAGE.format(root=str(ROOT)))
+    (repo / "dvc.yaml").write_text(SWEEP_DVC_YAML.format(python=sys.executable))
+    (repo / "params.yaml").write_text("train_tavc:\n  lr: 0.0005\n")
+    (repo / ".gitignore").write_text("/mlflow.db*\n/mlartifacts/\n")
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "base"], repo)
+    _run(dvc + ["exp", "run", "--queue", "-S", "train_tavc.lr=1e-4,2e-4,1e-3"], repo)
+    _run(dvc + ["queue", "start", "-j", "1"], repo)
+    deadline = time.monotonic() + 240
+    while True:
+        rows = _dvc_json(["exp", "show", "--json", "--no-pager"], repo)
+        exps = [e for r in rows for e in (r.get("experiments") or [])]
+        done = [e for e in exps if e["revs"][0].get("data", {}).get("status") in ("Success", None)
+                and e["revs"][0].get("data", {}).get("metrics")]
+        if len(done) == 3:
+            break
+        failed = [e for e in exps if e["revs"][0].get("data", {}).get("status") == "Failed"]
+        assert not failed and time.monotonic() < deadline, json.dumps(exps)[:2000]
+        time.sleep(2)
+    by_name = {}
+    for e in done:
+        data = e["revs"][0]["data"]
+        lr = data["params"]["params.yaml"]["data"]["train_tavc"]["lr"]
+        by_name[e["name"]] = (lr, data["metrics"]["metrics.json"]["data"]["score"])
+    assert sorted(v[0] for v in by_name.values()) == [1e-4, 2e-4, 1e-3]
+    assert all(abs(score - (1 - 100 * lr)) < 1e-6 for lr, score in by_name.values())
+    # MLflow: one stage run per experiment, in the project's database, tagged and named with the experiment name
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tavce").experiment_id],
+                              filter_string="tags.stage = 'train_tavc'")
+    assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(by_name)
+    for r in runs:
+        name = r.data.tags["dvc_exp_name"]
+        assert r.info.run_name == f"train_tavc:{name}" and r.info.status == "FINISHED"
+        assert float(r.data.params["train_tavc.lr"]) == by_name[name][0]
+        assert r.data.metrics["score"] == pytest.approx(by_name[name][1])
+        assert client.get_run(r.data.tags["mlflow.parentRunId"]).info.run_name == name  # grouped per experiment

@@ -204,3 +204,27 @@ def test_runs_of_killed_processes_are_marked_killed_at_the_next_start(tmp_path: 
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_stage_runs_of_one_dvc_experiment_nest_under_its_parent_and_record_system_metrics(tmp_path: Path) -> None:
+    import dataclasses
+
+    import mlflow
+
+    ctx = dataclasses.replace(_ctx(tmp_path, exp="exp-b"), system_metrics_interval_s=0.2)
+    ids = []
+    for stage in ("train_tavc", "train_syncnet"):
+        with tracking.stage_run(ctx, stage, {"x": 1}, "v") as t:
+            time.sleep(1.0)
+            ids.append(t.run_id)
+    with tracking.stage_run(_ctx(tmp_path, exp="exp-c"), "train_tavc", {}, "v") as t:
+        other = t.run_id
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+    parents = {client.get_run(i).data.tags["mlflow.parentRunId"] for i in ids}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "exp-b" and parent.data.tags["run_kind"] == "dvc_experiment"
+    assert parent.info.status == "FINISHED"
+    assert client.get_run(other).data.tags["mlflow.parentRunId"] != parent.info.run_id
+    metrics = client.get_run(ids[0]).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
