@@ -19,6 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.corpus import resize_square
+from pipeline.models.renderer.inference import (
+    InferenceOptions,
+    InferenceRenderer,
+    prepare_renderer,
+)
 from pipeline.models.renderer.keypoints import HeadMotion, transform_keypoints
 from pipeline.models.renderer.renderer import Renderer, load_renderer
 from pipeline.viz import to_uint8
@@ -96,9 +101,10 @@ def motion_rows(motion: HeadMotion, start: int, stop: int, device: torch.device 
 # ----------------------------------------------------------------------------------------------------------------
 # render
 # ----------------------------------------------------------------------------------------------------------------
-def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: HeadMotion, *,
+def render(renderer: Renderer | InferenceRenderer, source_image: np.ndarray | torch.Tensor, motion: HeadMotion, *,
            source_motion: HeadMotion | None = None, relation: torch.Tensor | None = None, batch_size: int = 8,
-           device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+           device: torch.device | str = "cpu", progress: bool = False,
+           options: InferenceOptions | None = None) -> np.ndarray:
     """Animate one source face: T frames, frame i showing the source identity with motion row i.
 
     The source is encoded ONCE — 2D appearance feature f, canonical keypoints x_c, source keypoints
@@ -112,9 +118,16 @@ def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: 
     ~602 G multiply-accumulates (``benchmarks/complexity.py``). Here the 2D encoder runs once per video, and the 3D
     blocks too when there is no relation. ``benchmarks/render_fps.py`` measures both ways.
 
+    Speed (issue 16): with `options` the frames come from an inference copy of the renderer
+    (:func:`~pipeline.models.renderer.inference.prepare_renderer`: folded normalisation, fused SPADE convolutions,
+    channels-last, bf16/fp16, torch.compile, CUDA graphs — each a switch of
+    :class:`~pipeline.models.renderer.inference.InferenceOptions`); the renderer itself is not changed. To reuse one
+    copy over several calls (and a compiled graph), pass a prepared ``InferenceRenderer`` as `renderer`.
+
     Args:
         renderer: the renderer (e.g. from :func:`load_renderer`). It is moved to `device` and put in eval mode for the
-            call; its device and the train/eval mode of every submodule are restored afterwards.
+            call; its device and the train/eval mode of every submodule are restored afterwards. Or an
+            InferenceRenderer from ``prepare_renderer`` (used as it is, on its own device; `options` must be None).
         source_image: (H, W, 3) uint8 RGB array or (3, H, W) float tensor in [0, 1], a square face crop; resized to
             ``renderer.cfg.image_size`` when its side differs (see :func:`source_tensor`).
         motion: per-frame HeadMotion with leading dim T (angles as (T, 66) logits, or (T,) degrees with
@@ -126,6 +139,8 @@ def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: 
         batch_size: frames generated per forward pass (memory vs speed; the frames do not depend on it).
         device: where to compute ("cpu", "cuda", ...).
         progress: show a tqdm bar over batches.
+        options: inference switches (e.g. ``InferenceOptions.fastest(device)``); None = the renderer's own fp32
+            arithmetic (the reference the switches are measured against).
 
     Returns:
         (T, S, S, 3) uint8 RGB frames, S = ``renderer.cfg.image_size``.
@@ -145,43 +160,66 @@ def render(renderer: Renderer, source_image: np.ndarray | torch.Tensor, motion: 
             raise ValueError(f"source_motion: expected one row (batch 1), got {source_motion.t.shape[0]}")
 
     src = source_tensor(source_image, cfg.image_size)  # (1, 3, S, S)
+    out = np.empty((n_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    if isinstance(renderer, InferenceRenderer) or options is not None:
+        if isinstance(renderer, InferenceRenderer):
+            if options is not None:
+                raise ValueError("render: options apply when preparing the copy; pass a Renderer with options, or "
+                                 "an InferenceRenderer without")
+            model = renderer
+        else:
+            model = prepare_renderer(renderer, options, device)
+        with torch.inference_mode():
+            _render_frames(model, src, motion, source_motion, relation if use_cerl else None, batch_size,
+                           model.device, progress, out)
+        return out
     first = next(renderer.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
     modes = {m: m.training for m in renderer.modules()}
-    out = np.empty((n_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     try:
         renderer.to(device).eval()
         with torch.inference_mode():
-            src = src.to(device)
-            f = renderer.encode_source(src)  # (1, C*D, h, w)
-            kp_canonical = renderer.canonical_keypoints(src)  # (1, K, 3)
-            if source_motion is None:
-                source_motion = renderer.estimate_motion(src)
-            kp_source = transform_keypoints(kp_canonical, motion_rows(source_motion, 0, 1, device))  # (1, K, 3)
-            volume = None if use_cerl else renderer.feature_volume(f, None)  # (1, C, D, h, w), shared
-
-            starts = range(0, n_frames, batch_size)
-            if progress:
-                from tqdm import tqdm
-
-                starts = tqdm(starts, desc="render", unit="batch")
-            for a in starts:  # frames [a, b) form a batch of B = b - a
-                b = min(a + batch_size, n_frames)
-                n = b - a
-                if use_cerl:
-                    rel = relation[a:b].to(device)  # (B, Dr, Dr)
-                    vol = renderer.feature_volume(f.expand(n, -1, -1, -1), rel)  # (B, C, D, h, w)
-                else:
-                    vol = volume.expand(n, *volume.shape[1:])  # (B, C, D, h, w), a view
-                kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1),
-                                                 motion_rows(motion, a, b, device))  # (B, K, 3)
-                result = renderer.generate(vol, kp_source.expand(n, -1, -1), kp_driving)  # prediction (B, 3, S, S)
-                out[a:b] = to_uint8(result.prediction)  # (B, S, S, 3)
+            _render_frames(renderer, src, motion, source_motion, relation if use_cerl else None, batch_size,
+                           device, progress, out)
     finally:
         renderer.to(home)
         for module, mode in modes.items():
             module.training = mode
     return out
+
+
+def _render_frames(renderer: Renderer | InferenceRenderer, src: torch.Tensor, motion: HeadMotion,
+                   source_motion: HeadMotion | None, relation: torch.Tensor | None, batch_size: int,
+                   device: torch.device | str, progress: bool, out: np.ndarray) -> None:
+    """render()'s work on a ready model: encode the source once, then the frames batch by batch into `out`
+    (T, S, S, 3). `relation` None = no CERL (the volume made once)."""
+    use_cerl = relation is not None
+    n_frames = out.shape[0]
+    src = src.to(device)
+    f = renderer.encode_source(src)  # (1, C*D, h, w)
+    kp_canonical = renderer.canonical_keypoints(src)  # (1, K, 3)
+    if source_motion is None:
+        source_motion = renderer.estimate_motion(src)
+    kp_source = transform_keypoints(kp_canonical, motion_rows(source_motion, 0, 1, device))  # (1, K, 3)
+    volume = None if use_cerl else renderer.feature_volume(f, None)  # (1, C, D, h, w), shared
+
+    starts = range(0, n_frames, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="render", unit="batch")
+    for a in starts:  # frames [a, b) form a batch of B = b - a
+        b = min(a + batch_size, n_frames)
+        n = b - a
+        if use_cerl:
+            rel = relation[a:b].to(device)  # (B, Dr, Dr)
+            vol = renderer.feature_volume(f.expand(n, -1, -1, -1), rel)  # (B, C, D, h, w)
+        else:
+            vol = volume.expand(n, *volume.shape[1:])  # (B, C, D, h, w), a view
+        kp_driving = transform_keypoints(kp_canonical.expand(n, -1, -1),
+                                         motion_rows(motion, a, b, device))  # (B, K, 3)
+        result = renderer.generate(vol, kp_source.expand(n, -1, -1), kp_driving)  # prediction (B, 3, S, S)
+        out[a:b] = to_uint8(result.prediction)  # (B, S, S, 3)
 
 
 def identity_motion(source_motion: HeadMotion, frames: int) -> HeadMotion:
