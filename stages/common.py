@@ -198,6 +198,25 @@ def training_parser(stage: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+MODEL_ARTIFACT_MAX_BYTES = 2 << 30  # a checkpoint above this stays in the DVC cache only
+
+
+def log_model(tracker: tracking.Tracker, checkpoint: Path, config: dict[str, Any]) -> None:
+    """Log the trained model as artifacts under `model/`: its checkpoint (which stores its own config) and the params
+    sections it was trained with as `config.yaml`, so a run in the MLflow UI carries what it produced."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_file = Path(tmp) / "config.yaml"
+        cfg_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        tracker.log_artifact(cfg_file, "model")
+    if checkpoint.is_file() and checkpoint.stat().st_size <= MODEL_ARTIFACT_MAX_BYTES:
+        tracker.log_artifact(checkpoint, "model")
+    elif checkpoint.is_file():
+        log.info("%s is %.1f GB: not copied to MLflow (it stays in the DVC cache)", checkpoint,
+                 checkpoint.stat().st_size / 1e9)
+
+
 def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T],
                        train: Any, inputs: Sequence[Path] = (), **train_inputs: Any) -> tuple[T, TrainRun]:
     """argv + params -> one library call -> MLflow: the body of every training stage.
@@ -220,5 +239,6 @@ def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T]
                     progress=not args.no_progress, **train_inputs)
         tracker.log_metrics(numeric_metrics(run.metrics))
         log_report_folder(tracker, args.reports)
+        log_model(tracker, args.out / "checkpoint.pt", {"common": to_dict(common), stage: to_dict(cfg)})
     log.info("%s: %.1f s of training", stage, run.seconds)
     return cfg, run

@@ -67,11 +67,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     return repo, env
 
 
-def _runs(repo: Path) -> pd.DataFrame:
+def _runs(repo: Path, parents: bool = False) -> pd.DataFrame:
+    """The stage runs (or, with `parents`, the parent runs that group each DVC experiment's stage runs)."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["tavce"])
+    runs = mlflow.search_runs(experiment_names=["tavce"])
+    is_parent = runs.get("tags.run_kind", pd.Series("", index=runs.index)).fillna("") == "dvc_experiment"
+    return runs[is_parent if parents else ~is_parent]
 
 
 @pytest.mark.slow
@@ -113,21 +116,29 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert "Running stage 'train_tavc'" in exp
     assert "Running stage 'preprocess'" not in exp and "Running stage 'train_syncnet'" not in exp
     runs = _runs(path)
-    new = runs[runs["tags.dvc_exp_name"].fillna("") == "lr-variant"].set_index("tags.stage")
+    named = runs[runs["tags.dvc_exp_name"].fillna("") == "lr-variant"]
+    parent = named[named["tags.run_kind"].fillna("") == "dvc_experiment"]
+    assert len(parent) == 1  # the experiment's parent run in the MLflow UI; its stage runs nest under it
+    new = named[named["tags.stage"].notna()].set_index("tags.stage")
+    assert set(new["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
     assert sorted(new.index) == ["pretrain_renderer", "train", "train_tavc"]  # CERL and CAR use the TAVC encoders
     assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
     assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head
+    parent = _runs(path, parents=True).set_index("tags.dvc_exp_name").loc["lr-variant"]  # one row per experiment
+    assert set(new["tags.mlflow.parentRunId"]) == {parent["run_id"]}
 
     # TAVCE's MappingNet learning rate, typed as the paper gives it (issue 12): only stage `train` reruns
     exp = _run(["dvc", "exp", "run", "-n", "paper-lr", "-S", "train.lr=2e-4"], path, env)
     assert "Running stage 'train'" in exp and "Running stage 'pretrain_renderer'" not in exp
     runs = _runs(path)
-    paper = runs[runs["tags.dvc_exp_name"].fillna("") == "paper-lr"].set_index("tags.stage")
+    paper = runs[(runs["tags.dvc_exp_name"].fillna("") == "paper-lr") & runs["tags.stage"].notna()]
+    paper = paper.set_index("tags.stage")
     assert list(paper.index) == ["train"] and float(paper.loc["train", "params.train.lr"]) == 2e-4
 
     # the multi-scale sync loss switch of issue 11 (the workspace holds the lr variant's results, so only Audio2Coeff reruns)
     exp = _run(["dvc", "exp", "run", "-n", "no-ms-sync", "-S", "train_audio2coeff.ms_sync.weight=0"], path, env)
     assert "Running stage 'train_audio2coeff'" in exp and "Running stage 'train_syncers'" not in exp
     runs = _runs(path)
-    a2c = runs[runs["tags.dvc_exp_name"].fillna("") == "no-ms-sync"].set_index("tags.stage")
+    a2c = runs[(runs["tags.dvc_exp_name"].fillna("") == "no-ms-sync") & runs["tags.stage"].notna()]
+    a2c = a2c.set_index("tags.stage")
     assert list(a2c.index) == ["train_audio2coeff"] and a2c.loc["train_audio2coeff", "tags.ms_sync_loss"] == "off"

@@ -228,3 +228,21 @@ def test_stage_runs_of_one_dvc_experiment_nest_under_its_parent_and_record_syste
     assert client.get_run(other).data.tags["mlflow.parentRunId"] != parent.info.run_id
     metrics = client.get_run(ids[0]).data.metrics
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+
+
+def test_training_stage_logs_its_model_and_config_as_artifacts(tmp_path: Path) -> None:
+    import mlflow
+    import yaml
+
+    from stages.common import log_model
+
+    ckpt = tmp_path / "model" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    with tracking.stage_run(_ctx(tmp_path), "train_tavc", {}, "v") as t:
+        log_model(t, ckpt, {"common": {"seed": 0}, "train_tavc": {"lr": 0.001}})
+        run_id = t.run_id
+    client = mlflow.MlflowClient(tracking.default_tracking_uri(tmp_path))
+    assert sorted(a.path for a in client.list_artifacts(run_id, "model")) == ["model/checkpoint.pt", "model/config.yaml"]
+    local = Path(client.download_artifacts(run_id, "model/config.yaml", str(tmp_path)))
+    assert yaml.safe_load(local.read_text())["train_tavc"]["lr"] == 0.001
