@@ -238,6 +238,9 @@ def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T]
         run = train(cfg, common.seed, processed=args.processed, out=args.out, reports=args.reports, tracker=tracker,
                     progress=not args.no_progress, **train_inputs)
         tracker.log_metrics(numeric_metrics(run.metrics))
+        history = getattr(run, "history", None)
+        if history is not None:  # every curve of the run, one row per step: `dvc plots` reads it (dvc.yaml plots)
+            history.save_dense(args.reports / "curves.json")
         log_report_folder(tracker, args.reports)
         log_model(tracker, args.out / "checkpoint.pt", {"common": to_dict(common), stage: to_dict(cfg)})
     log.info("%s: %.1f s of training", stage, run.seconds)

@@ -55,3 +55,13 @@ def test_fingerprint_covers_config_data_and_library_source() -> None:
     assert a == tc.fingerprint({"lr": 1.0}, "data-v1")
     assert a != tc.fingerprint({"lr": 2.0}, "data-v1") and a != tc.fingerprint({"lr": 1.0}, "data-v2")
     assert len(tc.source_digest()) == 16
+
+
+def test_dense_history_rows_have_every_series_per_step():
+    from pipeline.train.common import History
+
+    h = History()
+    h.add(10, loss=1.0)
+    h.add(10, heldout=0.5)
+    h.add(20, loss=0.5)
+    assert h.dense_rows() == [{"step": 10, "heldout": 0.5, "loss": 1.0}, {"step": 20, "heldout": None, "loss": 0.5}]

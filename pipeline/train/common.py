@@ -120,6 +120,18 @@ class History:
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json(path, self.rows)
 
+    def dense_rows(self) -> list[dict[str, float | None]]:
+        """One row per step with every series as a key (None where a series has no value at that step): the shape
+        `dvc plots` needs (its linear template fails on rows with differing keys)."""
+        keys = sorted({k for r in self.rows for k in r} - {"step"})
+        merged: dict[float, dict[str, float]] = {}
+        for r in self.rows:
+            merged.setdefault(r["step"], {}).update(r)
+        return [{"step": int(step), **{k: row.get(k) for k in keys}} for step, row in sorted(merged.items())]
+
+    def save_dense(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.dense_rows())
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Schedules and run settings
