@@ -72,6 +72,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         preprocess = {k: pre[k] for k in ("crop_scale", "backend", "min_confidence") if k in pre}
     manifest = export_bundle(files, args.out, versions=versions(root, {k: str(v) for k, v in files.items()}),
                              preprocess=preprocess)
+    rcfg = manifest["configs"].get(names["renderer"], {}).get("model", {})
+    if rcfg.get("motion_source", "estimator") != "coefficients":
+        print(f"warning: {found['renderer']} has motion_source: estimator (no MappingNet): `tavce animate` will refuse "
+              f"this bundle; export after the `train` stage has run", file=sys.stderr)
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB): {', '.join(sorted(manifest['files']))}; "
           f"git {manifest['versions'].get('git_revision') or 'unknown'}")

@@ -191,6 +191,18 @@ def test_export_then_animate_from_the_bundle_gives_the_same_video_and_paste_back
         load_models(bad)
 
 
+def test_paste_back_changes_only_the_crop_and_feathers_its_edge():
+    from pipeline.animate import feather_mask, paste_back
+    from pipeline.faces.crop import CropBox
+
+    photo = np.full((41, 50, 3), 100, np.uint8)  # odd height: cut to even for H.264
+    crop = CropBox(x0=30, y0=-5, size=30)  # partly outside the photo
+    out = paste_back(photo, np.full((2, 8, 8, 3), 200, np.uint8), crop, feather_mask(30))
+    assert out.shape == (2, 40, 50, 3)
+    assert (out[:, :, :30] == 100).all()  # left of the crop: untouched
+    assert out[0, 10, 45, 0] == 200 and 100 < out[0, 10, 31, 0] < 200  # inside: the frame; near the edge: blended
+
+
 def test_cli_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         cli.main(["animate", "--help"])
