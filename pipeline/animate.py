@@ -378,7 +378,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
     wav = read_speech(audio)
     m = models if isinstance(models, AnimateModels) else load_models(models, device="cpu",
                                                                      expression_basis=expression_basis)
-    renderer = m.renderer
+    renderer = m.renderer.to(dev)  # once: render() keeps a model where it finds it
     if crop_scale is None:
         crop_scale = float(m.manifest.get("preprocess", {}).get("crop_scale", DEFAULT_CROP_SCALE))
     portrait = find_portrait(photo, renderer.cfg.image_size, m.basis, name=str(image), face_index=face_index,
@@ -389,7 +389,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
     W = renderer.cfg.mapping.window
     with torch.no_grad():
         src_win = coeffs_mod.coefficient_windows(portrait.coeffs[None], [0], W)  # (1, 70, W): the reference repeated
-        source_motion = renderer.map_motion(torch.from_numpy(src_win))
+        source_motion = renderer.map_motion(torch.from_numpy(src_win).to(dev))
     wav = np.pad(wav[:round(T * audio_mod.SAMPLE_RATE / audio_mod.FPS)],
                  (0, max(0, round(T * audio_mod.SAMPLE_RATE / audio_mod.FPS) - len(wav))))  # exactly T frames long
     chunk = max(1, int(round(chunk_seconds * audio_mod.FPS)))
@@ -401,7 +401,8 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
         for s in range(0, T, chunk):
             e = min(T, s + chunk)
             with torch.no_grad():
-                motion = renderer.map_motion(torch.from_numpy(coeffs_mod.coefficient_windows(coeffs, range(s, e), W)))
+                motion = renderer.map_motion(
+                    torch.from_numpy(coeffs_mod.coefficient_windows(coeffs, range(s, e), W)).to(dev))  # (t, ...)
             rel = _relation(m.tavc, windows, s, e, dev) if renderer.cerl is not None else None
             part = render(renderer, portrait.face, motion, source_motion=source_motion, relation=rel,
                           batch_size=batch_size, device=dev)  # (t, S, S, 3)
@@ -415,8 +416,6 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
         media.write_video(out, frames(), fps=audio_mod.FPS, audio=wav, sample_rate=audio_mod.SAMPLE_RATE)
     finally:
         bar.close()
-        if m.tavc is not None:
-            m.tavc.to("cpu")
     gif_path = None
     if gif:
         gif_path = out.with_suffix(".gif")
