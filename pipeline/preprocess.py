@@ -96,7 +96,14 @@ class PreprocessConfig:
         device: torch device for the face_alignment backend.
         face_alignment_weights: folder holding the face_alignment weight files; null = the torch hub cache
             (`$TORCH_HOME/hub/checkpoints`, resolved by the stage entry point).
-        workers: processes over clips (1 = in the main process).
+        workers: processes over clips (1 = in the main process); with the `ray` engine and no `ray_address`,
+            the CPUs of the local Ray instance it starts.
+        engine: `local` (a process pool on this machine) or `ray` (one Ray task per clip, on the cluster at
+            `ray_address`); both write the same cache, rejection records and manifest.
+        ray_address: the Ray cluster to attach to (`auto`, `ray://host:10001`, `host:6379`); null = start a
+            local Ray instance for this run (only when `engine` is `ray`).
+        ray_max_retries: times Ray reruns a clip whose worker process died before the clip is rejected
+            (`worker_crash`).
         extensions: video file extensions picked up under the raw folder.
         speaker_regex: how to read the speaker from a clip id (its path under the raw folder, no extension):
             the first group of the first match (the whole match without groups). null = the first folder, or
@@ -124,6 +131,9 @@ class PreprocessConfig:
     device: str = "cpu"
     face_alignment_weights: str | None = None
     workers: int = 2
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_max_retries: int = 2
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
     speaker_regex: str | None = None
     min_duration_s: float = 1.2
@@ -143,6 +153,10 @@ class PreprocessConfig:
     def validate(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be local | ray, got {self.engine!r}")
+        if self.ray_max_retries < 0:
+            raise ValueError("ray_max_retries must be >= 0")
         if not 0 < self.min_duration_s < self.max_duration_s:
             raise ValueError("need 0 < min_duration_s < max_duration_s")
         if not 0 <= self.min_face_fraction <= 1 or not 0 <= self.max_multi_face_fraction <= 1:
@@ -166,7 +180,7 @@ class PreprocessConfig:
     def pass1_fingerprint(self, common: CommonConfig) -> dict[str, Any]:
         """The settings pass-1 outputs depend on (a change invalidates the cache)."""
         d = to_dict(self)
-        for k in ("workers", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex"):
+        for k in ("workers", "engine", "ray_address", "ray_max_retries", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex"):
             d.pop(k)
         return {"cache_version": CACHE_VERSION, "fps": common.fps, "sample_rate": common.sample_rate,
                 "image_size": common.image_size, **d}
@@ -486,6 +500,52 @@ def run_in_pool(items: Sequence[Any], workers: int, initializer: Callable[..., N
         pending = [i for i in pending if i not in finished]
 
 
+def _ray_task(initargs: tuple[Any, ...], item: tuple[ClipJob, str]) -> ClipOutcome:
+    """One clip in a Ray worker process: the worker's landmark backend is created once and reused."""
+    if _WORKER.get("initargs") != initargs:
+        _init_worker(*initargs)
+        _WORKER["initargs"] = initargs
+    return _run_job(item)
+
+
+def run_on_ray(items: Sequence[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+               on_result: Callable[[Any], None], on_crash: Callable[[Any, str], Any], *,
+               address: str | None, num_cpus: int, max_retries: int) -> None:
+    """Run `fn(*args, item)` as one Ray task per item; a task whose worker dies is retried, then given up.
+
+    Args:
+        address: the cluster to attach to; None starts a local Ray instance with `num_cpus` CPUs for this call
+            (and stops it afterwards). A process already attached to Ray (`ray.init` done) is used as it is.
+        max_retries: reruns of a task whose worker process died (Ray's `max_retries`; exceptions inside `fn`
+            are not retried: `fn` returns its own failures as results).
+        on_crash: `on_crash(item, message)` gives the result for an item whose retries are exhausted.
+    """
+    import ray
+    from ray.exceptions import RayError
+
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=max_retries)(fn)
+        refs = {task.remote(*args, item): item for item in items}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            item = refs.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayError as err:  # the worker (or its node) died on every try
+                log.warning("ray task for %r failed: %s", item, err)
+                result = on_crash(item, f"{type(err).__name__} after {max_retries} retries")
+            on_result(result)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
     job, fingerprint = args
     cfg, common, out_dir = _WORKER["cfg"], _WORKER["common"], _WORKER["out_dir"]
@@ -704,9 +764,10 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     new: list[ClipOutcome] = []
     bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress or not todo)
     workers = min(cfg.workers, max(1, len(todo)))
-    init_args = (cfg, common, out_dir, weights_dir, workers > 1)
+    ray_engine = cfg.engine == "ray"
+    init_args = (cfg, common, out_dir, weights_dir, workers > 1 or ray_engine)
     try:
-        if workers == 1:
+        if workers == 1 and not ray_engine:
             _init_worker(*init_args)
             try:
                 for item in todo:
@@ -717,10 +778,10 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
                 if backend is not None:
                     backend.close()
         elif todo:
-            def crashed(item: tuple[ClipJob, str]) -> ClipOutcome:
+            def crashed(item: tuple[ClipJob, str], detail: str = "") -> ClipOutcome:
                 job, fingerprint = item
                 message = (f"{job.rel}: the worker process died while processing this clip (a native crash in a "
-                           "decoder or the face detector)")
+                           "decoder or the face detector" + (f"; {detail}" if detail else "") + ")")
                 write_json(_rejection_cache_path(out_dir, job.clip_id),
                            {"fingerprint": fingerprint, "reason": "worker_crash", "message": message})
                 return ClipOutcome(job.clip_id, job.rel, "rejected", "worker_crash", message)
@@ -729,7 +790,11 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
                 new.append(outcome)
                 _report(outcome, bar, on_clip)
 
-            run_in_pool(todo, workers, _init_worker, init_args, _run_job, finished, crashed)
+            if ray_engine:  # clips as Ray tasks; outputs go to out_dir, which every node must see
+                run_on_ray(todo, _ray_task, (init_args,), finished, crashed, address=cfg.ray_address,
+                           num_cpus=workers, max_retries=cfg.ray_max_retries)
+            else:
+                run_in_pool(todo, workers, _init_worker, init_args, _run_job, finished, crashed)
     finally:
         bar.close()
     seconds_pass1 = time.perf_counter() - t1
