@@ -31,6 +31,8 @@ install_system_packages() {
   # headless browser for the MLflow compare-view test (tests/test_mlflow_ui.py, Selenium): Debian's own build
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # PostgreSQL server for the MLflow-on-a-database test (tests/test_mlflow_postgres.py starts its own throwaway one)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   ((${#need[@]})) || return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
