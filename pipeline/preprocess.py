@@ -538,7 +538,7 @@ def run_on_ray(items: Sequence[Any], fn: Callable[..., Any], args: tuple[Any, ..
             try:
                 result = ray.get(ready[0])
             except RayError as err:  # the worker (or its node) died on every try
-                log.warning("ray task for %r failed: %s", item, err)
+                log.debug("ray task for %r failed: %s", item, err)
                 result = on_crash(item, f"{type(err).__name__} after {max_retries} retries")
             on_result(result)
     finally:
