@@ -72,6 +72,9 @@ def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, st
     batch = {"source": src.to(device), "driving": (src.flip(-1)).to(device),
              "mel": torch.randn(b, 2, 1, N_MELS, MEL_WINDOW_FRAMES, generator=g).to(device),
              "pose": (10.0 * torch.randn(b, 2, 3, generator=g)).to(device)}  # degrees, for pose_teacher=coefficients
+    if cfg.model.motion_source == "coefficients":  # MappingNet's coefficient windows of source and driving
+        batch["coeffs"] = (0.1 * torch.randn(b, 2, cfg.model.mapping.coeff_dim, cfg.model.mapping.window,
+                                             generator=g)).to(device)
     seconds, peak = _timed(lambda k: trainer.train_step(batch, k), device, warmup, steps)
     return {"loop": "pretrain_renderer", "batch": b, "image": s, "params_M": count_parameters(trainer.renderer) / 1e6,
             "s_per_step": seconds, "samples_per_s": b / seconds, "peak_gpu_MB": peak,
