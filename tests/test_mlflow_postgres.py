@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,29 +35,9 @@ pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not instal
                                                        "scripts/run.sh setup installs it with apt-get)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _as_db_user(cmd: list[str]) -> list[str]:
     """postgres refuses to run as root: run it as Debian's `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def _wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float, log_file: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            pytest.fail(f"{what} did not come up: {log_file.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -68,7 +46,7 @@ def postgres() -> Iterator[str]:
     data = Path(tempfile.mkdtemp(prefix="tavce-pg-"))  # not under pytest's root-only tmp: postgres must reach it
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     pgdata = data / "data"
     subprocess.run(_as_db_user([str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust",
                                 "--no-sync"]), check=True, capture_output=True, timeout=120)
@@ -105,24 +83,8 @@ def postgres() -> Iterator[str]:
 @pytest.fixture
 def mlflow_on_postgres(postgres: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """`mlflow server` on 127.0.0.1 with the PostgreSQL store and an artifact root in tmp; yields (URL, db URI)."""
-    port = _free_port()
-    log_file = tmp_path / "mlflow-server.log"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", postgres, "--artifacts-destination", str(tmp_path / "artifacts")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=log_file.open("w"), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/health", proc, "mlflow server", timeout_s=120, log_file=log_file)
+    with mlflow_server(postgres, tmp_path / "artifacts", timeout_s=120, log_file=tmp_path / "mlflow-server.log") as url:
         yield url, postgres
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -8,10 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,16 +17,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from tests.servers import mlflow_server
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 PAGE_TIMEOUT_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _is_number(word: str) -> bool:
@@ -42,35 +33,10 @@ def _is_number(word: str) -> bool:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+def server_url(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 with a sqlite store and an artifact root in tmp; yields its URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("mlflow server did not come up")
-            time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -78,7 +44,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                     reason="Debian's chromium and chromium-driver are not installed (scripts/run.sh setup installs "
                            "them with apt-get)")
-def test_compare_view_lists_both_runs_and_their_differing_param_and_metric(mlflow_server: str,
+def test_compare_view_lists_both_runs_and_their_differing_param_and_metric(server_url: str,
                                                                           tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -86,14 +52,14 @@ def test_compare_view_lists_both_runs_and_their_differing_param_and_metric(mlflo
     # two DVC experiments of the sweep, as the stages record them (each stage run nested under its experiment)
     runs = {}
     for exp, lr, auc in (("sweep-lr1e-4", 1e-4, 0.97), ("sweep-lr1e-3", 1e-3, 0.88)):
-        ctx = tracking.RunContext(root=tmp_path, tracking_uri=mlflow_server, git_rev="0123abc", dvc_exp_name=exp)
+        ctx = tracking.RunContext(root=tmp_path, tracking_uri=server_url, git_rev="0123abc", dvc_exp_name=exp)
         with tracking.stage_run(ctx, "train_tavc", {"train_tavc.lr": lr, "train_tavc.steps": 600, "common.seed": 0},
                                 "d41d8cd9") as tracker:
             tracker.log_metrics({"heldout_auc": auc, "heldout_pos_minus_neg": 0.61})
             runs[exp] = tracker.run_id
     import mlflow
 
-    exp_id = mlflow.MlflowClient(mlflow_server).get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id
+    exp_id = mlflow.MlflowClient(server_url).get_experiment_by_name(tracking.EXPERIMENT_NAME).experiment_id
     query = urllib.parse.urlencode({"runs": json.dumps(list(runs.values())), "experiments": json.dumps([exp_id])})
 
     options = webdriver.ChromeOptions()
@@ -103,7 +69,7 @@ def test_compare_view_lists_both_runs_and_their_differing_param_and_metric(mlflo
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.get(f"{mlflow_server}/#/compare-runs?{query}")
+        driver.get(f"{server_url}/#/compare-runs?{query}")
         deadline = time.monotonic() + PAGE_TIMEOUT_S
         while True:
             text = driver.find_element("tag name", "body").text
@@ -118,7 +84,6 @@ def test_compare_view_lists_both_runs_and_their_differing_param_and_metric(mlflo
         time.sleep(1.0)  # let the plots finish drawing before the screenshot
         text = driver.find_element("tag name", "body").text
         lines = text.splitlines()
-        rows = [" ".join(r.text.split()) for r in driver.find_elements("tag name", "tr")]  # table rows, one line each
         shot = tmp_path / "mlflow_compare.png"
         driver.save_screenshot(str(shot))
     finally:

@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from tests.servers import mlflow_server
 
 
 def _ctx(root: Path, uri: str | None = None, exp: str | None = "exp-a") -> tracking.RunContext:
@@ -100,35 +99,10 @@ def test_concurrent_first_runs_share_one_experiment(tmp_path: Path) -> None:
     assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_mlflow_server(tmp_path: Path) -> None:
     """MLFLOW_TRACKING_URI pointing at a real `mlflow server` on loopback receives the stage's run."""
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("mlflow server did not come up")
-            time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "art") as url:
         ctx = _ctx(tmp_path, uri=url)
         (tmp_path / "m.json").write_text("{}")
         with tracking.stage_run(ctx, "preprocess", {"common.seed": 0}, "v9") as t:
@@ -141,12 +115,6 @@ def test_real_mlflow_server(tmp_path: Path) -> None:
         assert tags["stage"] == "preprocess" and tags["dvc_exp_name"] == "exp-a"
         assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"clips_out": 3.0}
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default sqlite store
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_data_version_independent_of_how_the_path_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
