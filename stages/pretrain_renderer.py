@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.train.renderer import TrainRendererConfig, pretrain_renderer
+from pipeline.train.renderer import TrainRendererConfig, log_motion_summary, pretrain_renderer
 from stages import common as sc
 
 log = logging.getLogger("tavce.pretrain_renderer")
@@ -49,17 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     seen = run.metrics["seen_speakers_diagnostic"]["l1"]
     log.info("%s: training speakers (diagnostic) L1 generated %.4f vs source baseline %.4f", STAGE,
              seen["generated"], seen["source_baseline"])
-    hm = run.metrics["heldout_motion"]
-    for metric in ("mouth_lmd", "mouth_l1", "l1"):
-        if metric in hm and hm[metric].get("generated") is not None:
-            m = hm[metric]
-            log.info("%s: large-motion pairs %s generated %.4f vs copy source %.4f (%+.4f [%+.4f, %+.4f]) vs own "
-                     "motion %.4f (%+.4f [%+.4f, %+.4f])", STAGE, metric, m["generated"], m["source_baseline"],
-                     m["improvement"], m["improvement_ci_low"], m["improvement_ci_high"], m["source_motion_baseline"],
-                     m["improvement_vs_source_motion"], m["improvement_vs_source_motion_ci_low"],
-                     m["improvement_vs_source_motion_ci_high"])
-    log.info("%s: target (near-static pairs) met: %s; motion-transfer target met: %s", STAGE,
-             run.metrics["target"]["met"], run.metrics["target_motion"]["met"])
+    log_motion_summary(STAGE, run.metrics)
+    log.info("%s: target (near-static pairs) met: %s", STAGE, run.metrics["target"]["met"])
     return 0
 
 

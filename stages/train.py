@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline.train.renderer import log_motion_summary
 from pipeline.train.tavce import TrainTAVCEConfig, train_tavce
 from stages import common as sc
 
@@ -43,20 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _, run = sc.run_training_stage(STAGE, args, TrainTAVCEConfig, train_tavce, inputs=[args.init, args.tavc],
                                    tavc=args.tavc, init=args.init)
-    hm = run.metrics["heldout_motion"]
-    for metric in ("mouth_lmd", "mouth_l1", "l1"):
-        if metric in hm and hm[metric].get("generated") is not None:
-            m = hm[metric]
-            log.info("%s: large-motion pairs %s generated %.4f vs copy source %.4f (%+.4f [%+.4f, %+.4f]) vs own "
-                     "motion %.4f (%+.4f [%+.4f, %+.4f])", STAGE, metric, m["generated"], m["source_baseline"],
-                     m["improvement"], m["improvement_ci_low"], m["improvement_ci_high"], m["source_motion_baseline"],
-                     m["improvement_vs_source_motion"], m["improvement_vs_source_motion_ci_low"],
-                     m["improvement_vs_source_motion_ci_high"])
-    t = hm.get("tavc_similarity")
-    if t:
-        log.info("%s: TAVC similarity (real d-1 -> frame d): generated %.3f, real %.3f, copy source %.3f", STAGE,
-                 t["generated"], t["real"], t["source"])
-    log.info("%s: motion-transfer target met: %s", STAGE, run.metrics["target_motion"]["met"])
+    log_motion_summary(STAGE, run.metrics)
     return 0
 
 

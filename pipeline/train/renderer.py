@@ -540,9 +540,10 @@ def write_report(run: RendererRunResult, reports: str | os.PathLike[str]) -> Non
 
 def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None, out: Path, reports: Path,
                        cfg: TrainRendererConfig, seed: int, tracker: Tracker, progress: bool,
-                       init: Path | None = None) -> RendererRunResult:
+                       init: Path | None = None, desc: str = "pretrain_renderer") -> RendererRunResult:
     """The training run behind `pretrain_renderer` and (with `init`, the pretrained renderer to fine-tune, and
-    MappingNet / CAR in `cfg`) TAVCE's audio-driven stage `train` (`pipeline.train.tavce`)."""
+    MappingNet / CAR in `cfg`) TAVCE's audio-driven stage `train` (`pipeline.train.tavce`); `desc` labels the
+    progress bar."""
     cfg.validate()
     device = torch.device(cfg.device)
     train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, 2)
@@ -630,7 +631,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         trainer.discriminator.train()
         window: list[dict[str, float]] = []
         t_train = time.perf_counter()
-        bar = tqdm(loader, total=cfg.steps, initial=start, desc="pretrain_renderer", disable=not progress,
+        bar = tqdm(loader, total=cfg.steps, initial=start, desc=desc, disable=not progress,
                    unit="step")
         for step, batch in enumerate(bar, start=start + 1):  # `step` = optimizer steps done after this batch
             window.append(trainer.train_step(batch, step - 1))
@@ -759,6 +760,25 @@ def tavc_similarity_report(tavc: TAVC, data: RendererEvalSet, pred: torch.Tensor
     return {"generated": float(sims["generated"].mean()), "real": float(sims["real"].mean()),
             "source": float(sims["source"].mean()), "improvement_vs_source": float(diff.mean()),
             "improvement_vs_source_ci_low": lo, "improvement_vs_source_ci_high": hi, "pairs": n}
+
+
+def log_motion_summary(stage: str, metrics: dict[str, Any]) -> None:
+    """Log the large-motion evaluation of a renderer run (`pretrain_renderer`, `train`): each metric against "copy
+    the source" and the own-motion rendering, the TAVC similarity when measured, and the motion target."""
+    hm = metrics["heldout_motion"]
+    for metric in ("mouth_lmd", "mouth_l1", "l1"):
+        if metric in hm and hm[metric].get("generated") is not None:
+            m = hm[metric]
+            log.info("%s: large-motion pairs %s generated %.4f vs copy source %.4f (%+.4f [%+.4f, %+.4f]) vs own "
+                     "motion %.4f (%+.4f [%+.4f, %+.4f])", stage, metric, m["generated"], m["source_baseline"],
+                     m["improvement"], m["improvement_ci_low"], m["improvement_ci_high"], m["source_motion_baseline"],
+                     m["improvement_vs_source_motion"], m["improvement_vs_source_motion_ci_low"],
+                     m["improvement_vs_source_motion_ci_high"])
+    t = hm.get("tavc_similarity")
+    if t:
+        log.info("%s: TAVC similarity (real d-1 -> frame d): generated %.3f, real %.3f, copy source %.3f", stage,
+                 t["generated"], t["real"], t["source"])
+    log.info("%s: motion-transfer target met: %s", stage, metrics["target_motion"]["met"])
 
 
 def _pose_loss_name(cfg: TrainRendererConfig, pose_teacher: torch.nn.Module | None) -> str | None:

@@ -157,7 +157,7 @@ def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLik
     rcfg = renderer_config(cfg, init_model_config(init))
     with torch_threads(rcfg.threads):
         run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), rcfg, seed, tracker, progress,
-                                 init=Path(init))
+                                 init=Path(init), desc="train")
     run.metrics["ablation"] = {"cerl": cfg.cerl.enabled, "car_weight": cfg.car.weight}
     tracker.log_metrics({"train/seconds": run.seconds})
     tracker.set_tags({"perceptual_extractor": run.metrics["extractors"]["perceptual"],
