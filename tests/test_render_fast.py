@@ -10,27 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.renderer import (AppearanceConfig, CERLConfig, DenseMotionConfig, DiscriminatorConfig,
-                                      GeneratorConfig, HeadMotion, HeadPoseConfig, KeypointDetectorConfig, Renderer,
-                                      RendererConfig, transform_keypoints)
+from pipeline.models.renderer import (HeadMotion, Renderer,
+                                      transform_keypoints)
 from pipeline.models.renderer.blocks import SPADEResnetBlock
 from pipeline.models.renderer.inference import (FusedSPADEResnetBlock, InferenceOptions, UpsampledConv2d,
                                                 apply_spectral_norm, fold_batchnorm, frame_psnr, prepare_renderer)
 from pipeline.render import render, source_tensor
 
-S, K, D = 32, 4, 6
-TINY = RendererConfig(
-    image_size=S, num_kp=K,
-    appearance=AppearanceConfig(block_expansion=8, max_features=32, num_down_blocks=2, reshape_channel=4,
-                                reshape_depth=4, num_resblocks=1),
-    keypoints=KeypointDetectorConfig(block_expansion=8, max_features=32, num_blocks=2, reshape_depth=4,
-                                     scale_factor=0.5),
-    head_pose=HeadPoseConfig(block_expansion=8, max_features=64),
-    dense_motion=DenseMotionConfig(block_expansion=8, max_features=32, num_blocks=2, compress=2),
-    generator=GeneratorConfig(block_expansion=8, num_middle_blocks=1, spade_hidden=8),
-    discriminator=DiscriminatorConfig(num_blocks=3),
-    cerl=CERLConfig(relation_dim=D),
-)
+from tests.test_render import D, K, S, TINY  # the tiny renderer of the render() tests
 # Random SPADE decoders amplify rounding (decisions.md, issue 16): this tiny random model measures 34 dB in bf16; the
 # trained renderer 57-59 dB (benchmarks/render_fps.py --checkpoint). The bound catches a wrong cast or layout (<20 dB).
 BF16_MIN_PSNR_DB = 30.0
