@@ -231,6 +231,7 @@ def test_motion_pair_sampling_prefers_different_frames_and_stays_keyed(clips) ->
 
 def test_samples_carry_the_preprocessing_landmarks_scaled_and_mirrored_with_a_flip(clips) -> None:
     from pipeline.data.renderer import crop_to_image_pixels
+    from pipeline.faces.landmarks import MIRROR_68
 
     plain = RendererDataset(clips, seed=3, image_size=S, cache_mb=64)
     spec = plain.draw(0, 0)
@@ -249,11 +250,13 @@ def test_samples_carry_the_preprocessing_landmarks_scaled_and_mirrored_with_a_fl
         got = augmented[(0, slot)]
         pose = np.degrees(FeatureStore().get_array(clips[spec.clip], "coeffs")[[spec.source, spec.driving], 64:67])
         flipped = not np.allclose(got["pose"], pose, rtol=1e-5)  # the pose tells whether the pair was mirrored
-        if flipped:  # mirrored about the image's vertical axis, same as the pixels
-            expected = expected * [-1.0, 1.0] + [S - 1.0, 0.0]
+        if flipped:  # mirrored about the image's vertical axis, same as the pixels, and relabelled: index i still
+            # names the same facial point (the keypoint anchors rely on it)
+            expected = (expected * [-1.0, 1.0] + [S - 1.0, 0.0])[:, list(MIRROR_68)]
+            assert (got["landmarks"][:, 48, 0] < got["landmarks"][:, 54, 0]).all()  # subject's right corner: left
         np.testing.assert_allclose(got["landmarks"], expected, rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(got["landmarks"][..., 1], (raw[..., 1] + 0.5) * S / crop - 0.5, rtol=1e-5,
-                                   atol=1e-4)  # y never changes
+        np.testing.assert_allclose(got["landmarks"][..., 1], ((raw[..., 1] + 0.5) * S / crop - 0.5)[
+            :, list(MIRROR_68) if flipped else slice(None)], rtol=1e-5, atol=1e-4)  # y never changes
         flips.add(flipped)
     assert flips == {True, False}
 
@@ -283,3 +286,4 @@ def test_samples_carry_mapping_windows_and_the_flip_can_be_switched_off(clips) -
     np.testing.assert_array_equal(data.coeffs[0].numpy(), coefficient_windows(
         FeatureStore().get_array(next(x for x in clips if x.clip_id == data.clip_ids[0]), "coeffs"), c, 9))
     assert build_eval_set(clips, seed=3, image_size=S, pairs_per_clip=2).coeffs is None
+

@@ -304,3 +304,24 @@ def test_pixels_to_grid_conventions():
     pts = torch.tensor([0.0, 7.0, 3.5])
     assert pixels_to_grid(pts, 8, True).tolist() == pytest.approx([-1.0, 1.0, 0.0])
     assert pixels_to_grid(pts, 8, False).tolist() == pytest.approx([-7 / 8, 7 / 8, 0.0])
+
+
+def test_keypoint_anchor_loss_is_zero_on_the_landmarks_and_counts_position_and_displacement_errors():
+    from pipeline.losses.renderer import keypoint_anchor_loss
+
+    torch.manual_seed(0)
+    ps, pd = torch.rand(2, 5, 2) * 2 - 1, torch.rand(2, 5, 2) * 2 - 1  # (B, K, 2) landmarks, normalised
+    depth = torch.rand(2, 5, 1)
+    kp_s, kp_d = torch.cat([ps, depth], -1), torch.cat([pd, depth + 0.3], -1)  # depth is free
+    assert keypoint_anchor_loss(kp_s, kp_d, ps, pd).item() == pytest.approx(0.0, abs=1e-7)
+    # both frames off by the same shift: two position errors, the displacement is still right
+    shift = torch.tensor([0.1, -0.05, 0.0])
+    assert keypoint_anchor_loss(kp_s + shift, kp_d + shift, ps, pd).item() == pytest.approx(2 * 0.075, rel=1e-5)
+    # the driving keypoints frozen at the source's: position error and displacement error, both = the true motion
+    frozen = keypoint_anchor_loss(kp_s, kp_s.clone(), ps, pd).item()
+    assert frozen == pytest.approx(2 * (pd - ps).abs().mean().item(), rel=1e-5)
+    moving = kp_d.clone().requires_grad_(True)
+    keypoint_anchor_loss(kp_s, moving + 0.01, ps, pd).backward()
+    assert moving.grad[..., :2].abs().sum() > 0 and moving.grad[..., 2].abs().sum() == 0
+    with pytest.raises(ValueError, match="landmark sets"):
+        keypoint_anchor_loss(kp_s, kp_d, ps[:, :3], pd)

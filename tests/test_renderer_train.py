@@ -381,3 +381,33 @@ def test_coefficient_motion_source_trains_mapping_net_instead_of_the_estimator()
         expected = r(b["source"], kp_s, kp_s, audio_relation(trainer.tavc, b["mel"])).prediction
     torch.testing.assert_close(trainer.reconstruct(data, own_motion=True), expected)
     assert not torch.allclose(trainer.reconstruct(data), expected)  # the driving frame's coefficients move it
+
+
+def test_keypoint_anchor_term_ties_the_chosen_landmarks_to_the_keypoints_and_validates_its_list():
+    from pipeline.losses.renderer import keypoint_anchor_loss, pixels_to_grid
+
+    from pipeline.models.renderer.mapping import MappingConfig
+
+    anchors = (8, 30, 48, 54)  # TINY has 4 keypoints
+    mapping = MappingConfig(descriptor_dim=16, num_kp=TINY.num_kp, window=9, num_layers=0)
+    cfg = _cfg(model=dataclasses.replace(TINY, motion_source="coefficients", mapping=mapping),
+               loss_weights=RendererLossWeights(l1=10.0, keypoint_anchor=10.0), keypoint_landmarks=anchors,
+               augment=False)
+    trainer = _trainer(cfg)
+    g = torch.Generator().manual_seed(3)
+    points = torch.rand(2, 2, 68, 2, generator=g) * 31  # (B, source/driving, 68, 2) px of the 32-px frames
+    batch = dict(_batch(b=2, seed=3), landmarks=points, coeffs=torch.randn(2, 2, 70, 9, generator=g))
+    step = trainer.generator_step(batch, 0)
+    term = step.terms["keypoint_anchor"]
+    chosen = pixels_to_grid(points[:, :, list(anchors)], 32, TINY.align_corners)
+    assert torch.isclose(term, keypoint_anchor_loss(step.kp_source, step.kp_driving, chosen[:, 0], chosen[:, 1]))
+    other = pixels_to_grid(points[:, :, [0, 1, 2, 3]], 32, TINY.align_corners)  # other landmarks: another value
+    assert not torch.isclose(term, keypoint_anchor_loss(step.kp_source, step.kp_driving, other[:, 0], other[:, 1]))
+    trainer.renderer.zero_grad(set_to_none=True)
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.renderer.mapping.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.renderer.kp_detector.parameters())
+    with pytest.raises(ValueError, match="one landmark per keypoint"):
+        _cfg(loss_weights=RendererLossWeights(keypoint_anchor=1.0), keypoint_landmarks=(8, 30)).validate()
+    with pytest.raises(ValueError, match="distinct indices"):
+        _cfg(keypoint_landmarks=(8, 8, 30, 70)).validate()

@@ -28,6 +28,7 @@ from pipeline.data.corpus import MOUTH, Clip, CorpusError, FeatureStore, FrameSt
 from pipeline.data.sampling import sample_rng
 from pipeline.faces.coeffs import mouth_opening
 from pipeline.faces.coeffs import coefficient_windows
+from pipeline.faces.landmarks import MIRROR_68
 
 EVAL_STREAM = 0x7E4D  # first keys of the evaluation pairs' random stream (training uses (step, slot))
 MIN_EVAL_GAP = 5  # frames between source and driving of an evaluation pair (so "output the source" is no answer)
@@ -244,7 +245,9 @@ class RendererDataset(torch.utils.data.Dataset):
             frames, flipped = augment_pair(frames, rng, flip=self.flip)
             if flipped:
                 pose = pose * np.array([-1.0, 1.0, -1.0])  # a mirrored head: yaw and roll change sign
-                points = points * np.array([-1.0, 1.0]) + np.array([self.image_size - 1.0, 0.0])
+                # mirrored positions, relabelled (the subject's left corner of the mouth is now on the right) so
+                # that index i keeps naming the same facial point: the keypoint anchors rely on it
+                points = (points * np.array([-1.0, 1.0]) + np.array([self.image_size - 1.0, 0.0]))[:, list(MIRROR_68)]
                 if windows is not None:
                     windows = windows.copy()
                     windows[:, [64, 66, 67]] *= -1.0  # yaw, roll, x translation

@@ -424,6 +424,35 @@ def landmark_flow_loss(deformation: torch.Tensor, source_points: torch.Tensor, d
     return (sampled - source_points[:, None].to(sampled.dtype)).abs().mean()
 
 
+def keypoint_anchor_loss(kp_source: torch.Tensor, kp_driving: torch.Tensor, source_points: torch.Tensor,
+                         driving_points: torch.Tensor) -> torch.Tensor:
+    """Keypoints anchored to facial landmarks (this project's addition, method.md §4.3; not in face-vid2vid).
+
+    Keypoint k of both frames is tied to one chosen landmark of preprocessing's 68 (``keypoint_landmarks``): its
+    image-plane position (x, y) must match that landmark in its own frame, and its source→driving displacement must
+    match the landmark's. Depth stays free. Each keypoint warp of the dense-motion network then moves the source by the
+    face's true motion near its landmark from the first steps on, instead of by an unanchored guess that loses to the
+    identity warp (docs/decisions.md, "Keypoints anchored to landmarks"):
+    ``mean|x_s − p_s| + mean|x_d − p_d| + mean|(x_d − x_s) − (p_d − p_s)|``.
+
+    Args:
+        kp_source, kp_driving: (B, K, 3) transformed keypoints (x, y, z) in grid_sample's normalised units.
+        source_points, driving_points: (B, K, 2) the chosen landmarks (x, y) in the same units.
+    Returns:
+        scalar, in normalised units (2 = the image side).
+    """
+    if kp_source.shape != kp_driving.shape or kp_source.ndim != 3 or kp_source.shape[-1] != 3:
+        raise ValueError(f"keypoint_anchor_loss: expected two (B, K, 3) keypoint sets, got {tuple(kp_source.shape)} "
+                         f"and {tuple(kp_driving.shape)}")
+    want = (*kp_source.shape[:2], 2)
+    if tuple(source_points.shape) != want or tuple(driving_points.shape) != want:
+        raise ValueError(f"keypoint_anchor_loss: expected two {want} landmark sets, got "
+                         f"{tuple(source_points.shape)} and {tuple(driving_points.shape)}")
+    xs, xd = kp_source[..., :2], kp_driving[..., :2]
+    ps, pd = source_points.to(xs.dtype), driving_points.to(xd.dtype)
+    return (xs - ps).abs().mean() + (xd - pd).abs().mean() + ((xd - xs) - (pd - ps)).abs().mean()
+
+
 def head_pose_loss(pred_deg: Sequence[torch.Tensor], ref_deg: Sequence[torch.Tensor]) -> torch.Tensor:
     """face-vid2vid's head-pose loss: ``Σ_{yaw,pitch,roll} mean_B |pred − ref|`` in degrees.
 
@@ -478,7 +507,8 @@ class RendererLossWeights:
     5 layers). `head_pose` must be 0 when no pretrained pose network is available (method.md §4.3). `l1` is not part of
     face-vid2vid (0 at full size); small CPU configs may use it to converge faster. `landmark_flow`
     (:func:`landmark_flow_loss`, preprocessing's landmarks as a teacher of the dense motion) is this project's
-    addition too: 0 = face-vid2vid. `car` is TAVCE's audio-visual regularisation (:class:`pipeline.losses.car.CARLoss`,
+    addition too: 0 = face-vid2vid; so is `keypoint_anchor` (:func:`keypoint_anchor_loss`, each keypoint tied to one
+    landmark). `car` is TAVCE's audio-visual regularisation (:class:`pipeline.losses.car.CARLoss`,
     Eq. 6) of the audio-driven stage: 0 in video-driven pretraining.
     """
 
@@ -491,6 +521,7 @@ class RendererLossWeights:
     deformation_prior: float = 5.0
     l1: float = 0.0
     landmark_flow: float = 0.0
+    keypoint_anchor: float = 0.0
     car: float = 0.0
 
     def validate(self) -> None:

@@ -43,6 +43,7 @@ from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, R
                                       deformation_prior_loss, discriminator_hinge_loss, equivariance_loss,
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
                                       keypoint_prior_loss, landmark_flow_loss, pixels_to_grid,
+                                      keypoint_anchor_loss,
                                       pose_bin_cross_entropy, reconstruction_l1, weighted_total)
 from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.models import count_parameters
@@ -117,6 +118,9 @@ class TrainRendererConfig:
     # Training pairs: `uniform` (face-vid2vid: any two frames of a clip) | `motion` (the source is the most
     # different of 4 draws: more pairs that need the motion path; pipeline.data.renderer.RendererDataset).
     pair_sampling: PairSampling = "uniform"
+    # Which of preprocessing's 68 landmarks (iBUG order) keypoint k is tied to by the `keypoint_anchor` loss (one per
+    # keypoint, len = model.num_kp; empty = none). docs/decisions.md, "Keypoints anchored to landmarks".
+    keypoint_landmarks: tuple[int, ...] = ()
 
     def validate(self) -> None:
         for name in ("batch_size", "eval_pairs_per_clip", "log_every", "checkpoint_every", "bootstrap",
@@ -136,6 +140,12 @@ class TrainRendererConfig:
             raise ValueError("train_splits and eval_splits must not be empty")
         if set(self.train_splits) & set(self.eval_splits):
             raise ValueError(f"eval_splits {list(self.eval_splits)} overlap train_splits {list(self.train_splits)}")
+        if self.loss_weights.keypoint_anchor > 0 and len(self.keypoint_landmarks) != self.model.num_kp:
+            raise ValueError(f"keypoint_landmarks: loss_weights.keypoint_anchor > 0 needs one landmark per keypoint "
+                             f"({self.model.num_kp}), got {len(self.keypoint_landmarks)}")
+        bad = [i for i in self.keypoint_landmarks if not 0 <= i < 68]
+        if bad or len(set(self.keypoint_landmarks)) != len(self.keypoint_landmarks):
+            raise ValueError(f"keypoint_landmarks must be distinct indices in 0..67, got {list(self.keypoint_landmarks)}")
         self.model.validate()
         self.perceptual.validate()
         self.loss_weights.validate()
@@ -149,6 +159,7 @@ class GeneratorStep:
 
     prediction: torch.Tensor  # (B, 3, H, W) in [0, 1]
     kp_driving: torch.Tensor  # (B, K, 3)
+    kp_source: torch.Tensor | None = None  # (B, K, 3)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -282,7 +293,12 @@ class RendererTrainer:
             size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
             points = pixels_to_grid(batch["landmarks"].to(self.device), size, ac)  # (B, 2, 68, 2)
             terms["landmark_flow"] = landmark_flow_loss(out.deformation, points[:, 0], points[:, 1], ac)
-        return GeneratorStep(prediction=pred, kp_driving=kp_d, terms=terms)
+        if w.keypoint_anchor > 0:
+            size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
+            chosen = batch["landmarks"][:, :, list(self.cfg.keypoint_landmarks)].to(self.device)  # (B, 2, K, 2) px
+            points = pixels_to_grid(chosen, size, ac)
+            terms["keypoint_anchor"] = keypoint_anchor_loss(kp_s, kp_d, points[:, 0], points[:, 1])
+        return GeneratorStep(prediction=pred, kp_driving=kp_d, kp_source=kp_s, terms=terms)
 
     @property
     def from_images(self) -> bool:

@@ -67,6 +67,7 @@ class AudioDrivenLossWeights:
     deformation_prior: float = 5.0
     head_pose: float = 0.0  # with pose_teacher: coefficients, MappingNet's angles against its input's pose
     l1: float = 0.0
+    keypoint_anchor: float = 0.0  # keypoints tied to the landmarks pretraining tied them to (its keypoint_landmarks)
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,16 @@ class TrainTAVCEConfig:
             raise ValueError(f"lr and renderer_lr must be > 0, got {self.lr}, {self.renderer_lr}")
 
 
-def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig) -> TrainRendererConfig:
+def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig,
+                    keypoint_landmarks: tuple[int, ...] = ()) -> TrainRendererConfig:
     """The pretraining loop's configuration that runs this stage: the pretrained renderer's model with the motion from
     coefficients (its MappingNet, or a new one from ``cfg.mapping``) and CERL as ``cfg.cerl`` says; CAR as a loss
-    term; MappingNet at ``cfg.lr``."""
+    term; MappingNet at ``cfg.lr``; the keypoint anchors of pretraining (`keypoint_landmarks`, from its checkpoint)
+    when ``loss_weights.keypoint_anchor`` > 0."""
     cfg.validate()
+    if cfg.loss_weights.keypoint_anchor > 0 and not keypoint_landmarks:
+        raise ValueError("train.loss_weights.keypoint_anchor > 0, but the pretrained renderer's keypoints were not "
+                         "anchored to landmarks (its checkpoint has no keypoint_landmarks): set it to 0")
     has_mapping = init_model.motion_source == "coefficients"
     model = dataclasses.replace(init_model, motion_source="coefficients",
                                 mapping=init_model.mapping if has_mapping else cfg.mapping,
@@ -121,7 +127,7 @@ def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig) -> TrainR
     weights = RendererLossWeights(perceptual=w.perceptual, gan=w.gan, feature_matching=w.feature_matching,
                                   equivariance=0.0, keypoint_prior=w.keypoint_prior, head_pose=w.head_pose,
                                   deformation_prior=w.deformation_prior, l1=w.l1, landmark_flow=0.0,
-                                  car=cfg.car.weight)
+                                  keypoint_anchor=w.keypoint_anchor, car=cfg.car.weight)
     out = TrainRendererConfig(
         model=model, perceptual=cfg.perceptual, loss_weights=weights, batch_size=cfg.batch_size,
         lr=cfg.renderer_lr, mapping_lr=cfg.lr, betas=cfg.betas, lr_schedule=cfg.lr_schedule, steps=cfg.steps,
@@ -129,18 +135,22 @@ def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig) -> TrainR
         eval_pairs_per_clip=cfg.eval_pairs_per_clip, eval_every=cfg.eval_every, landmark_size=cfg.landmark_size,
         bootstrap=cfg.bootstrap, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
         workers=cfg.workers, cache_mb=cfg.cache_mb, threads=cfg.threads, device=cfg.device,
-        pose_teacher=cfg.pose_teacher, pair_sampling=cfg.pair_sampling)
+        pose_teacher=cfg.pose_teacher, pair_sampling=cfg.pair_sampling,
+        keypoint_landmarks=tuple(keypoint_landmarks) if cfg.loss_weights.keypoint_anchor > 0 else ())
     out.validate()
     return out
 
 
-def init_model_config(path: str | os.PathLike[str]) -> RendererConfig:
-    """The RendererConfig stored in a renderer checkpoint (raises WeightsError naming the file)."""
+def init_configs(path: str | os.PathLike[str]) -> tuple[RendererConfig, tuple[int, ...]]:
+    """The RendererConfig and the keypoint anchors (``keypoint_landmarks``; empty for checkpoints written before them
+    or trained without them) stored in a renderer checkpoint (raises WeightsError naming the file)."""
     state = load_checkpoint(path, kind=CHECKPOINT_KIND)
     try:
-        return from_dict(RendererConfig, state["config"]["model"], "model", fill_defaults=True)
+        model = from_dict(RendererConfig, state["config"]["model"], "model", fill_defaults=True)
+        anchors = tuple(int(i) for i in state["config"].get("keypoint_landmarks", ()))
     except (KeyError, TypeError, ValueError) as err:
         raise WeightsError(f"{path}: no usable renderer config ({err})") from err
+    return model, anchors
 
 
 def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -154,7 +164,7 @@ def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLik
     """
     if tavc is None:
         raise ValueError("stage train needs the trained TAVC metric (--tavc): CERL's c^a and CAR's encoders")
-    rcfg = renderer_config(cfg, init_model_config(init))
+    rcfg = renderer_config(cfg, *init_configs(init))
     with torch_threads(rcfg.threads):
         run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), rcfg, seed, tracker, progress,
                                  init=Path(init), desc="train")
