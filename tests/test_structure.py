@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "pipeline.losses": 4, "pipeline.metrics": 4,
     # 5: applications of the models: inference, preprocessing, checks
     "pipeline.render": 5, "pipeline.preprocess": 5, "pipeline.preprocess_report": 5, "pipeline.extractor_check": 5,
-    "pipeline.animate": 5, "pipeline.bundle": 5,
+    "pipeline.animate": 5, "pipeline.bundle": 5, "pipeline.evaluate": 5, "pipeline.evaluate_run": 5,
     # 6: training loops
     "pipeline.train": 6,
     # 7: entry points

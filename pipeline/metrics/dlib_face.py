@@ -101,14 +101,18 @@ class DlibFace:
                                interpolation=cv2.INTER_CUBIC)
         return np.ascontiguousarray(frame), scale
 
-    def _shape(self, image: np.ndarray):  # -> dlib.full_object_detection | None
+    def _rect(self, image: np.ndarray):  # -> dlib.rectangle | None
+        """The largest face box found by the HOG detector (retried with one pyramid upsampling)."""
         rects = self.detector(image, 0)
         if len(rects) == 0:
-            rects = self.detector(image, 1)  # one pyramid upsampling for small faces
+            rects = self.detector(image, 1)
         if len(rects) == 0:
             return None
-        rect = max(rects, key=lambda r: r.width() * r.height())  # the largest face
-        return self.predictor(image, rect)
+        return max(rects, key=lambda r: r.width() * r.height())
+
+    def _shape(self, image: np.ndarray):  # -> dlib.full_object_detection | None
+        rect = self._rect(image)
+        return None if rect is None else self.predictor(image, rect)
 
     def landmarks(self, frames: np.ndarray) -> FaceTrack68:
         """68 iBUG landmarks of the largest face in every frame of (T, H, W, 3) uint8."""
@@ -121,6 +125,32 @@ class DlibFace:
                 out[t] = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) / scale
                 found[t] = True
         return FaceTrack68(out, found)
+
+    def analyze(self, frames: np.ndarray, describe_every: int = 1) -> tuple[FaceTrack68, np.ndarray]:
+        """Landmarks of every frame and ResNet descriptors of every `describe_every`-th frame (0 = none) in one
+        detection pass: (track, (T, 128) descriptors, NaN rows where no face was found or not described).
+
+        A frame where the detector finds no face reuses the last detected face box of the video (tracking, as
+        face-track pipelines do), so short detector misses (blur, a turned head) do not drop frames; frames before
+        the first detection stay NaN."""
+        out = np.full((len(frames), 68, 2), np.nan)
+        found = np.zeros(len(frames), bool)
+        desc = np.full((len(frames), DESCRIPTOR_DIMS), np.nan)
+        last_rect = None
+        for t, frame in enumerate(frames):
+            image, scale = self._prepare(frame)
+            rect = self._rect(image)
+            if rect is None:
+                rect = last_rect
+            if rect is None:
+                continue
+            last_rect = rect
+            shape = self.predictor(image, rect)
+            out[t] = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) / scale
+            found[t] = True
+            if describe_every and t % describe_every == 0:
+                desc[t] = np.asarray(self.recognizer.compute_face_descriptor(image, shape, 0, DESCRIPTOR_PADDING))
+        return FaceTrack68(out, found), desc
 
     def descriptors(self, frames: np.ndarray, skip_missing: bool = False) -> np.ndarray:
         """(T, H, W, 3) uint8 -> (T, 128) ResNet identity descriptors of the largest face of each frame.
