@@ -1,6 +1,7 @@
-"""The ``tavce`` console script: ``tavce animate`` (portrait + speech -> talking-head video) and ``tavce export``
-(a pipeline run's models -> one shareable ``.tavce`` file). A thin CLI over `pipeline.animate` and `pipeline.bundle`:
-it validates options and makes one library call. Not a DVC stage."""
+"""The ``tavce`` console script: ``tavce animate`` (portrait + speech -> talking-head video), ``tavce export``
+(a pipeline run's models -> one shareable ``.tavce`` file) and ``tavce evaluate`` (any system's videos scored with
+the evaluate stage's metrics). A thin CLI over `pipeline.animate`, `pipeline.bundle` and `pipeline.evaluate`: it
+validates options and makes one library call. Not a DVC stage."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ EXAMPLES_ANIMATE = """example:
 EXAMPLES_EXPORT = """example:
   tavce export --models models --out model.tavce
   tavce animate --image portrait.jpg --audio speech.wav --out talk.mp4 --models model.tavce
+"""
+EXAMPLES_EVALUATE = """example:
+  tavce evaluate --generated sadtalker_out/ --reference reports/evaluate/videos/synthetic/ground_truth --out eval_sadtalker
+  tavce evaluate --generated mine/ --reference gt/ --audio gt_audio/ --out eval_mine --inception pt_inception-2015-12-05-6726825d.pth
 """
 
 
@@ -106,11 +111,35 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import MetricsConfig, MetricWeights, SyncModels, evaluate_folders
+
+    cfg = MetricsConfig(weights=MetricWeights(args.inception, args.arcface, args.syncnet_v2),
+                        lmd_normalize=args.lmd_normalize, sync_landmarks=args.sync_landmarks, vshift=args.vshift,
+                        max_frames=args.max_frames, frame_stride=args.frame_stride)
+    cfg.validate()
+    root = Path(args.models)
+    models = SyncModels(*(str(root / n / "checkpoint.pt") if (root / n / "checkpoint.pt").is_file() else None
+                          for n in ("syncnet", "syncers", "tavc")))
+    missing = [n for n, v in zip(("syncnet", "syncers", "tavc"), (models.syncnet, models.syncers, models.tavc)) if not v]
+    if missing:
+        print(f"warning: {root} has no {', '.join(missing)} checkpoint: those metrics are left out", file=sys.stderr)
+    metrics = evaluate_folders(args.generated, args.reference, args.out, audio=args.audio, cfg=cfg, models=models,
+                               system=args.name, device=args.device, progress=not args.quiet)
+    print((Path(args.out) / "table.md").read_text())
+    for e in metrics["errors"]:
+        print(f"tavce evaluate: {e['file']}: not scored: {e['reason']}", file=sys.stderr)
+    scored = sum(s.get("clips", 0) for d in metrics["results"].values() for s in d.values())
+    print(f"wrote {args.out}/metrics.json, table.md, clips.csv: {scored} video(s) scored, "
+          f"{len(metrics['errors'])} not")
+    return 0 if not metrics["errors"] else (1 if scored else 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tavce", description="TAVCE talking-head animation: animate a portrait with "
                                 "speech, or export a trained model as one file.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=EXAMPLES_ANIMATE + "\n" + EXAMPLES_EXPORT)
+                                epilog=EXAMPLES_ANIMATE + "\n" + EXAMPLES_EXPORT + "\n" + EXAMPLES_EVALUATE)
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("animate", help="portrait photo + speech -> lip-synced talking-head mp4",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_ANIMATE,
@@ -153,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--params", default=None,
                    help="params.yaml whose preprocess crop settings to record (default: <models>/../params.yaml)")
     e.set_defaults(func=cmd_export)
+    v = sub.add_parser("evaluate", help="score a folder of talking-head videos against reference clips",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES_EVALUATE,
+                       description="The evaluate stage's metrics (FID/KID, CSIM, LMD, LSE-D/LSE-C/AV offset, TAVC "
+                                   "similarity, rigid |AV-Off|) on any system's videos, matched to reference clips by "
+                                   "file stem; every number names its feature extractor. The source portrait of CSIM "
+                                   "is each reference clip's first frame. Exit status 1 when some files could not be "
+                                   "scored (listed), 2 when none could.")
+    v.add_argument("--generated", required=True, help="folder of generated videos (mp4/mkv/avi/mov/webm)")
+    v.add_argument("--reference", required=True, help="folder of ground-truth videos with the same file stems")
+    v.add_argument("--audio", default=None,
+                   help="folder of audio files with the same stems (default: each generated video's own audio)")
+    v.add_argument("--out", required=True, help="report folder (metrics.json, table.md, clips.csv, metrics.png)")
+    v.add_argument("--name", default="generated", help="the system's name in the table (default: %(default)s)")
+    v.add_argument("--models", default="models",
+                   help="models folder with the syncnet/, syncers/, tavc/ checkpoints (default: %(default)s)")
+    v.add_argument("--inception", default=None, help="pytorch-fid's pt_inception-2015-12-05 weights -> FID "
+                                                     "(default: FID[dlib_resnet_v1])")
+    v.add_argument("--arcface", default=None, help="arcface_torch backbone.pth -> CSIM[arcface] "
+                                                   "(default: CSIM[dlib_resnet_v1])")
+    v.add_argument("--syncnet-v2", default=None, help="syncnet_python's syncnet_v2.model -> LSE[syncnet_v2] "
+                                                      "(default: the project's SyncNet)")
+    v.add_argument("--lmd-normalize", choices=("rigid", "none"), default="rigid",
+                   help="remove head pose before LMD (default: %(default)s)")
+    v.add_argument("--sync-landmarks", choices=("mediapipe", "dlib"), default="mediapipe",
+                   help="landmarks of the sync metrics' mouth crops and head motion (default: %(default)s)")
+    v.add_argument("--vshift", type=int, default=15, help="AV offsets searched, in frames (default: %(default)s)")
+    v.add_argument("--max-frames", type=int, default=0, help="score at most this many frames per video (0 = all)")
+    v.add_argument("--frame-stride", type=int, default=1,
+                   help="every n-th frame enters FID/KID and CSIM (default: %(default)s)")
+    v.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: %(default)s)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_evaluate)
     return p
 
 
@@ -160,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.animate import AnimateError
     from pipeline.bundle import BundleError
     from pipeline.checkpoint import WeightsError
+    from pipeline.evaluate import EvaluateError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -167,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
     try:
         return args.func(args)
-    except (AnimateError, BundleError, WeightsError) as err:
+    except (AnimateError, BundleError, WeightsError, EvaluateError) as err:
         print(f"tavce {args.command}: error: {err}", file=sys.stderr)
         return 2
 

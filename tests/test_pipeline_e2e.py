@@ -19,7 +19,7 @@ COPY = ["pipeline", "stages", "params.yaml", "configs", "dvc.yaml", ".dvcignore"
 
 
 STAGES = ("synth", "preprocess", "synth_check", "train_tavc", "train_syncnet", "train_syncers", "pretrain_renderer",
-          "train", "train_audio2coeff")
+          "train", "train_audio2coeff", "evaluate")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -56,6 +56,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
                            landmark_size=128)
     params["train_audio2coeff"].update(steps=2, batch_size=2, eval_every=0, checkpoint_every=1, log_every=1)
     params["train_audio2coeff"]["evaluation"].update(seeds=[0], random_draws=1, video_clips=1, bootstrap=20)
+    params["evaluate"].update(max_clips=2, max_frames=30)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TAVCE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -118,7 +119,8 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     assert len(parent) == 1  # the experiment's parent run in the MLflow UI; its stage runs nest under it
     new = named[named["tags.stage"].notna()].set_index("tags.stage")
     assert set(new["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
-    assert sorted(new.index) == ["pretrain_renderer", "train", "train_tavc"]  # CERL and CAR use the TAVC encoders
+    # CERL and CAR use the TAVC encoders; evaluate scores the retrained model
+    assert sorted(new.index) == ["evaluate", "pretrain_renderer", "train", "train_tavc"]
     assert float(new.loc["train_tavc", "params.train_tavc.lr"]) == 2e-4
     assert new.loc["train_tavc", "tags.dvc_baseline_rev"] == head
 
@@ -128,7 +130,7 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     runs = _runs(path)
     paper = runs[(runs["tags.dvc_exp_name"].fillna("") == "paper-lr") & runs["tags.stage"].notna()]
     paper = paper.set_index("tags.stage")
-    assert list(paper.index) == ["train"] and float(paper.loc["train", "params.train.lr"]) == 2e-4
+    assert sorted(paper.index) == ["evaluate", "train"] and float(paper.loc["train", "params.train.lr"]) == 2e-4
 
     # the multi-scale sync loss switch of issue 11 (the workspace holds the lr variant's results, so only Audio2Coeff reruns)
     exp = _run(["dvc", "exp", "run", "-n", "no-ms-sync", "-S", "train_audio2coeff.ms_sync.weight=0"], path, env)
@@ -136,4 +138,5 @@ def test_dvc_repro_noop_and_experiment(repo: tuple[Path, dict[str, str]]) -> Non
     runs = _runs(path)
     a2c = runs[(runs["tags.dvc_exp_name"].fillna("") == "no-ms-sync") & runs["tags.stage"].notna()]
     a2c = a2c.set_index("tags.stage")
-    assert list(a2c.index) == ["train_audio2coeff"] and a2c.loc["train_audio2coeff", "tags.ms_sync_loss"] == "off"
+    assert sorted(a2c.index) == ["evaluate", "train_audio2coeff"]
+    assert a2c.loc["train_audio2coeff", "tags.ms_sync_loss"] == "off"
