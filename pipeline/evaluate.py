@@ -144,6 +144,10 @@ class Extractors:
             out["rigid_offset"] = MS_SYNC_NAME
         return out
 
+    @property
+    def needs_sync_landmarks(self) -> bool:
+        return any(m is not None for m in (self.syncnet, self.tavc, self.rigid))
+
     def mediapipe(self) -> Any:
         if self._mediapipe is None:
             from pipeline.faces.landmarks import make_backend
@@ -232,7 +236,7 @@ def analyze(ext: Extractors, name: str, frames: np.ndarray, wav: np.ndarray | No
     if not track.found.any():
         raise EvaluateError(f"{name}: no face found in any of its {len(frames)} frames ({LANDMARKS_NAME} detector "
                             f"dlib_hog)")
-    lms = sync_landmarks(ext, frames, track)
+    lms = sync_landmarks(ext, frames, track) if ext.needs_sync_landmarks else None
     if ext.inception is not None:
         feats = fid_mod.inception_features(ext.inception, frames[::stride], device=ext.device)
     else:
@@ -388,10 +392,11 @@ def evaluate_pairs(ext: Extractors, pairs: Iterable[Pair], *, references: Refere
     pairs = list(pairs)
     for p in tqdm(pairs, desc="evaluate", unit="video", disable=not progress):
         try:
-            frames, wav = read_clip(p.generated, p.audio, max_frames=ext.cfg.max_frames)
+            frames, wav = read_clip(p.generated, p.audio, max_frames=ext.cfg.max_frames,
+                                    need_audio=ext.needs_sync_landmarks)
             ref = references.get(p.reference, frames.shape[1:3], p.name)
             gen = analyze(ext, str(p.generated), frames, wav, ext.cfg.frame_stride)
-            if gen.sync_landmarks is None:
+            if gen.sync_landmarks is None and ext.needs_sync_landmarks:
                 raise EvaluateError(f"{p.generated}: the {ext.names['sync_landmarks']} tracker finds no face")
             row = score_pair(ext, gen, ref, reference_row=reference_row)
             row["clip"] = p.name

