@@ -507,3 +507,34 @@ def test_mapping_translation_zero_keeps_the_layout_and_outputs_no_translation():
     torch.testing.assert_close(a.exp, b.exp)
     with pytest.raises(ValueError, match="translation"):
         MappingConfig(translation="none").validate()
+
+
+@pytest.mark.parametrize("mode", ["hard", "straight_through"])
+def test_mask_floor_zeroes_tiny_candidates_and_only_straight_through_tells_them_apart(mode):
+    """The 1e-3 floor of face-vid2vid zeroes a keypoint candidate in the forward pass either way. With ``hard`` a floored
+    candidate's logit only gets the identity candidate's share of the gradient (the same for every floored
+    candidate: nothing says which one would lower the loss, the collapse trap); with ``straight_through`` each gets
+    its own, from its own displacement."""
+    from pipeline.models.renderer.dense_motion import DenseMotionNetwork
+
+    cfg = dataclasses.replace(TINY.dense_motion, mask_floor_gradient=mode)
+    torch.manual_seed(0)
+    net = DenseMotionNetwork(cfg, TINY.num_kp, TINY.appearance.reshape_channel, TINY.appearance.reshape_depth)
+    with torch.no_grad():  # the identity candidate holds > 99.9 % everywhere: every keypoint candidate is floored
+        net.mask.weight.zero_()
+        net.mask.bias.copy_(torch.tensor([12.0] + [0.0] * TINY.num_kp))
+    h = TINY.feature_size
+    volume = torch.rand(2, TINY.appearance.reshape_channel, TINY.appearance.reshape_depth, h, h)
+    kp_s = torch.rand(2, TINY.num_kp, 3) - 0.5
+    kp_d = kp_s + 0.2 * torch.randn(2, TINY.num_kp, 3)  # every keypoint moves its own way
+    out = net(volume, kp_s, kp_d)
+    assert (out.mask[:, 1:] < 1e-3).all()
+    grid = make_coordinate_grid((TINY.appearance.reshape_depth, h, h))
+    torch.testing.assert_close(out.deformation, grid.expand_as(out.deformation), atol=1e-4, rtol=0)  # identity
+    (out.deformation * torch.randn_like(out.deformation)).sum().backward()
+    grads = net.mask.bias.grad[1:]  # (K,) one per keypoint candidate
+    spread = (grads.max() - grads.min()).item() / grads.abs().max().item()
+    if mode == "hard":
+        assert spread < 1e-4  # the same gradient for every floored candidate
+    else:
+        assert spread > 0.1

@@ -18,6 +18,7 @@ Module names follow SadTalker's ``DenseMotionNetwork`` (``hourglass``, ``mask``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,12 @@ class DenseMotionConfig:
             resolution). Below 1 the generator averages the volume down by this factor before this network and
             upsamples the deformation, occlusion and mask back (FOMM's dense-motion ``scale_factor``): the cost
             falls with the square of the factor, which lets small CPU configs keep a full-resolution volume.
+        mask_floor_gradient: how the floor that zeroes mask weights below 1e-3 (face-vid2vid) treats gradients in
+            training. ``hard`` (face-vid2vid): a zeroed candidate gets no gradient at all, so once the identity
+            candidate holds > 99.9 % of a voxel the keypoint candidates there can never come back (the collapse of
+            docs/decisions.md, "Keypoints anchored to landmarks"). ``straight_through``: the same forward values, but
+            the gradient flows as if the weight had not been zeroed, so Adam can still revive a candidate that would
+            lower the loss. Outputs (and so pretrained weights) are identical either way.
     The volume depth (SadTalker's ``reshape_depth``) and channels come from the appearance config.
     """
 
@@ -51,8 +58,12 @@ class DenseMotionConfig:
     compress: int = 4
     kp_variance: float = 0.01
     scale_factor: float = 1.0
+    mask_floor_gradient: Literal["hard", "straight_through"] = "hard"
 
     def validate(self) -> None:
+        if self.mask_floor_gradient not in ("hard", "straight_through"):
+            raise ValueError(f"dense_motion.mask_floor_gradient must be 'hard' or 'straight_through', got "
+                             f"{self.mask_floor_gradient!r}")
         for name in ("block_expansion", "max_features", "num_blocks", "compress"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dense_motion.{name} must be >= 1, got {getattr(self, name)}")
@@ -145,6 +156,8 @@ class DenseMotionNetwork(nn.Module):
         prediction = self.hourglass(net_in)  # (B, Ch, D, h, w)
         mask = torch.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, h, w)
         weights = torch.where(mask < MASK_FLOOR, torch.zeros_like(mask), mask)  # (B, K+1, D, h, w)
+        if self.cfg.mask_floor_gradient == "straight_through" and torch.is_grad_enabled():
+            weights = mask + (weights - mask).detach()  # forward: floored; backward: d weights / d mask = 1
         deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", weights, motions)  # (B, D, h, w, 3)
 
         occlusion = None
