@@ -463,7 +463,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], names: dict[st
         results: dataset -> system -> summary.
     """
     keys = [c[0] for c in COLUMNS if any(c[0] in s for d in results.values() for s in d.values())]
-    head = ["dataset", "system", "clips"] + [column_header(k, names) for k in keys]
+    head = ["dataset", "system", "clips"] + [column_header(k, names).replace("|", "\\|") for k in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for dataset, systems in results.items():
         for system, s in systems.items():
