@@ -117,7 +117,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = MetricsConfig(weights=MetricWeights(args.inception, args.arcface, args.syncnet_v2),
                         lmd_normalize=args.lmd_normalize, sync_landmarks=args.sync_landmarks, vshift=args.vshift,
                         max_frames=args.max_frames, frame_stride=args.frame_stride)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise SystemExit(f"tavce evaluate: {err}") from err
     root = Path(args.models)
     models = SyncModels(*(str(root / n / "checkpoint.pt") if (root / n / "checkpoint.pt").is_file() else None
                           for n in ("syncnet", "syncers", "tavc")))
