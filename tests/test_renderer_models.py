@@ -538,3 +538,24 @@ def test_mask_floor_zeroes_tiny_candidates_and_only_straight_through_tells_them_
         assert spread < 1e-4  # the same gradient for every floored candidate
     else:
         assert spread > 0.1
+
+
+def test_mask_logit_bound_keeps_every_candidate_above_the_floor():
+    from pipeline.models.renderer.dense_motion import DenseMotionNetwork
+
+    c, k = 3.0, TINY.num_kp
+    cfg = dataclasses.replace(TINY.dense_motion, mask_logit_bound=c)
+    torch.manual_seed(0)
+    net = DenseMotionNetwork(cfg, k, TINY.appearance.reshape_channel, TINY.appearance.reshape_depth)
+    with torch.no_grad():  # unbounded, these logits would give the identity candidate 1 - 1e-10 of every voxel
+        net.mask.weight.zero_()
+        net.mask.bias.copy_(torch.tensor([25.0] + [0.0] * k))
+    h = TINY.feature_size
+    volume = torch.rand(1, TINY.appearance.reshape_channel, TINY.appearance.reshape_depth, h, h)
+    kp = torch.rand(1, k, 3) - 0.5
+    mask = net(volume, kp, kp + 0.1).mask
+    top = math.exp(c * math.tanh(25.0 / c)) / (math.exp(c * math.tanh(25.0 / c)) + k)
+    torch.testing.assert_close(mask[:, 0], torch.full_like(mask[:, 0], top))
+    assert top < math.exp(c) / (math.exp(c) + k * math.exp(-c)) + 1e-9 and mask[:, 1:].min() > 1e-3
+    with pytest.raises(ValueError, match="mask_logit_bound"):
+        dataclasses.replace(TINY.dense_motion, mask_logit_bound=-1.0).validate()

@@ -49,6 +49,11 @@ class DenseMotionConfig:
             docs/decisions.md, "Keypoints anchored to landmarks"). ``straight_through``: the same forward values, but
             the gradient flows as if the weight had not been zeroed, so Adam can still revive a candidate that would
             lower the loss. Outputs (and so pretrained weights) are identical either way.
+        mask_logit_bound: 0 (face-vid2vid): plain softmax logits. c > 0: logits pass through ``c · tanh(x / c)``
+            first, so no candidate can take more than ``e^c / (e^c + K e^-c)`` of a voxel (c = 3, K = 10: 97.6 %) and
+            every keypoint candidate keeps at least ``e^-c / (e^c + K e^-c)`` (0.24 %, above the floor) and with it a
+            gradient that says whether its motion would help. Changes the forward pass: pretrained weights
+            need 0.
     The volume depth (SadTalker's ``reshape_depth``) and channels come from the appearance config.
     """
 
@@ -59,11 +64,14 @@ class DenseMotionConfig:
     kp_variance: float = 0.01
     scale_factor: float = 1.0
     mask_floor_gradient: Literal["hard", "straight_through"] = "hard"
+    mask_logit_bound: float = 0.0
 
     def validate(self) -> None:
         if self.mask_floor_gradient not in ("hard", "straight_through"):
             raise ValueError(f"dense_motion.mask_floor_gradient must be 'hard' or 'straight_through', got "
                              f"{self.mask_floor_gradient!r}")
+        if not self.mask_logit_bound >= 0:
+            raise ValueError(f"dense_motion.mask_logit_bound must be >= 0 (0 = off), got {self.mask_logit_bound}")
         for name in ("block_expansion", "max_features", "num_blocks", "compress"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dense_motion.{name} must be >= 1, got {getattr(self, name)}")
@@ -154,7 +162,11 @@ class DenseMotionNetwork(nn.Module):
         net_in = torch.cat([heat, warped], dim=2).view(b, (k + 1) * (cc + 1), d, h, w)  # (B, (K+1)(c'+1), D, h, w)
 
         prediction = self.hourglass(net_in)  # (B, Ch, D, h, w)
-        mask = torch.softmax(self.mask(prediction), dim=1)  # (B, K+1, D, h, w)
+        logits = self.mask(prediction)  # (B, K+1, D, h, w)
+        if self.cfg.mask_logit_bound > 0:
+            c = self.cfg.mask_logit_bound
+            logits = c * torch.tanh(logits / c)
+        mask = torch.softmax(logits, dim=1)  # (B, K+1, D, h, w)
         weights = torch.where(mask < MASK_FLOOR, torch.zeros_like(mask), mask)  # (B, K+1, D, h, w)
         if self.cfg.mask_floor_gradient == "straight_through" and torch.is_grad_enabled():
             weights = mask + (weights - mask).detach()  # forward: floored; backward: d weights / d mask = 1
