@@ -74,6 +74,7 @@ class AudioDrivenLossWeights:
 class TrainTAVCEConfig:
     """`train` section of params.yaml (with `common.seed`)."""
 
+    seed: int | None = None  # this stage's own seed (None = common.seed): Table IV's seeds rerun only `train`
     lr: float = 2e-4  # MappingNet (TAVCE)
     renderer_lr: float = 2e-4  # every other renderer network and the discriminator (face-vid2vid's)
     betas: tuple[float, float] = (0.5, 0.999)
@@ -165,6 +166,7 @@ def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLik
     if tavc is None:
         raise ValueError("stage train needs the trained TAVC metric (--tavc): CERL's c^a and CAR's encoders")
     rcfg = renderer_config(cfg, *init_configs(init))
+    seed = seed if cfg.seed is None else cfg.seed
     with torch_threads(rcfg.threads):
         run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), rcfg, seed, tracker, progress,
                                  init=Path(init), desc="train")
