@@ -41,6 +41,7 @@ from pipeline.faces.landmarks import _iou, make_backend
 from pipeline.models.audio2coeff import Audio2Coeff, generate_motion, load_audio2coeff
 from pipeline.models.renderer.renderer import Renderer, load_renderer
 from pipeline.models.tavc import TAVC, load_tavc, relationship
+from pipeline.models.renderer.inference import InferenceOptions, prepare_renderer
 from pipeline.render import render
 
 log = logging.getLogger(__name__)
@@ -348,7 +349,8 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
             models: str | os.PathLike[str] | AnimateModels = "models", pose_style: int = 0, seed: int = 0,
             face_index: int | None = None, paste_back_full: bool = False, gif: bool = False, device: str = "auto",
             batch_size: int = 8, chunk_seconds: float = 4.0, crop_scale: float | None = None,
-            expression_basis: str | os.PathLike[str] | None = None, progress: bool = True) -> AnimateResult:
+            expression_basis: str | os.PathLike[str] | None = None, progress: bool = True,
+            options: InferenceOptions | None = None) -> AnimateResult:
     """Animate one portrait with one speech recording (the library call behind ``tavce animate``).
 
     Args:
@@ -367,6 +369,9 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
         crop_scale: face crop framing; None = the bundle's recorded preprocess.crop_scale, else 1.8 (the default).
         expression_basis: override the expression basis file (folder models only).
         progress: a tqdm bar over frames with the time left.
+        options: renderer inference switches (issue 16; e.g. ``InferenceOptions.fastest(device)``: folded
+            normalisation, fused SPADE, bf16 where the CPU has it); one inference copy is prepared for the whole call.
+            None = the trained model's own fp32 arithmetic.
     """
     from tqdm import tqdm
 
@@ -379,6 +384,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
     m = models if isinstance(models, AnimateModels) else load_models(models, device="cpu",
                                                                      expression_basis=expression_basis)
     renderer = m.renderer.to(dev)  # once: render() keeps a model where it finds it
+    fast = prepare_renderer(renderer, options, dev) if options is not None else None  # one copy for every chunk
     if crop_scale is None:
         crop_scale = float(m.manifest.get("preprocess", {}).get("crop_scale", DEFAULT_CROP_SCALE))
     portrait = find_portrait(photo, renderer.cfg.image_size, m.basis, name=str(image), face_index=face_index,
@@ -404,8 +410,8 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
                 motion = renderer.map_motion(
                     torch.from_numpy(coeffs_mod.coefficient_windows(coeffs, range(s, e), W)).to(dev))  # (t, ...)
             rel = _relation(m.tavc, windows, s, e, dev) if renderer.cerl is not None else None
-            part = render(renderer, portrait.face, motion, source_motion=source_motion, relation=rel,
-                          batch_size=batch_size, device=dev)  # (t, S, S, 3)
+            part = render(fast if fast is not None else renderer, portrait.face, motion, source_motion=source_motion,
+                          relation=rel, batch_size=batch_size, device=dev)  # (t, S, S, 3)
             if mask is not None:
                 part = paste_back(photo, part, portrait.crop, mask)
             size.append(part.shape[1:3])

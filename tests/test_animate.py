@@ -107,6 +107,20 @@ def test_animate_stereo_mp3_writes_h264_aac_in_sync_with_a_gif_and_is_determinis
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_inference_options_render_the_same_video_within_rounding(models, inputs, tmp_path):
+    """`--fast` / `options`: the exact-arithmetic switches (folded normalisation, fused SPADE; fp32) give the default
+    path's frames up to float rounding and the H.264 encoder."""
+    from pipeline.models.renderer.inference import InferenceOptions, frame_psnr
+
+    plain, fast = tmp_path / "plain.mp4", tmp_path / "fast.mp4"
+    animate(inputs["jpg"], inputs["wav"], plain, models=models, device="cpu", progress=False)
+    res = animate(inputs["jpg"], inputs["wav"], fast, models=models, device="cpu", progress=False,
+                  options=InferenceOptions(fold=True, fuse_spade=True))
+    a, b = _frames(plain), _frames(fast)
+    assert res.frames == len(a) == len(b)
+    assert frame_psnr(a, b) > 40
+
+
 def test_exif_orientation_is_honoured(inputs, models):
     upright = read_image(inputs["png"])
     rotated = read_image(inputs["rotated"])
