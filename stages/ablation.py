@@ -8,7 +8,8 @@
 Variants (TAVCE Table IV): full (CERL on, CAR 0.1 = `train.car.weight` of params.yaml), w/o CERL, w/o CAR, w/o both.
 Each experiment changes only `train.cerl.enabled`, `train.car.weight` and `train.seed` (the seed of the `train`
 stage alone), so DVC reruns just `train` and `evaluate`; every other stage's outputs come from the run cache. The
-report reads `dvc exp show --json`: for every experiment named ``tableiv-<variant>-s<seed>`` it takes the
+report reads `dvc exp show --json` of every commit the experiments were queued from (`dvc exp list -A`): for every
+experiment named ``tableiv-<variant>-s<seed>`` it takes the
 `evaluate` stage's scores of the generated videos (LSE-D / LSE-C / AV offset, FID, CSIM, mouth LMD, TAVC similarity,
 each labelled with its extractor as in reports/evaluate) and the `train` stage's held-out large-motion mouth L1,
 and writes the mean over seeds with a t-interval (95 %) per variant. The experiments also appear in `dvc exp show`
@@ -196,6 +197,26 @@ def _car_weight(params: Path) -> float:
     return weight
 
 
+def baselines_with_experiments(exp_list: str) -> list[str]:
+    """Commits (from `dvc exp list -A`) that have Table IV experiments: queued runs stay attached to the commit they
+    were queued from, which is usually no longer HEAD by the time they finish."""
+    found, current = [], None
+    for line in exp_list.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1].strip()
+        elif current and f"[{PREFIX}-" in line and current not in found:
+            found.append(current)
+    return found
+
+
+def exp_show_all() -> list[Any]:
+    """`dvc exp show --json` records of every baseline commit with Table IV experiments."""
+    shown: list[Any] = []
+    for rev in baselines_with_experiments(_run(["dvc", "exp", "list", "-A"])):
+        shown.extend(json.loads(_run(["dvc", "exp", "show", "--json", "--rev", rev])))
+    return shown
+
+
 def report(out: Path, exp_show: Any, track: bool = True) -> dict[str, Any]:
     rows, extractors = collect(exp_show)
     if not rows:
@@ -246,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 print("queued; start them with: dvc queue start -j 1")
             return 0
-        shown = json.loads(args.exp_show_json.read_text() if args.exp_show_json
-                           else _run(["dvc", "exp", "show", "--json"]))
+        shown = json.loads(args.exp_show_json.read_text()) if args.exp_show_json else exp_show_all()
         result = report(args.out, shown, track=not args.no_track)
         print((args.out / "table.md").read_text())
         log.info("%d experiment rows -> %s", len(result["rows"]), args.out)

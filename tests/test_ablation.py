@@ -71,3 +71,9 @@ def test_report_without_finished_experiments_says_what_to_run(tmp_path):
 def _write(path, obj):
     path.write_text(json.dumps(obj))
     return path
+
+
+def test_baselines_are_the_commits_that_carry_table_iv_experiments():
+    listing = "5240cd9:\n\td883b30 [ablate-no-both]\nd875ef8:\n\t90317c6 [tableiv-wo_both-s0]\n\tb3406f6 [tableiv-full-s0]\n"
+    assert ablation.baselines_with_experiments(listing) == ["d875ef8"]
+    assert ablation.baselines_with_experiments("") == []
