@@ -71,7 +71,8 @@ def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, st
     src = torch.rand(b, 3, s, s, generator=g)
     batch = {"source": src.to(device), "driving": (src.flip(-1)).to(device),
              "mel": torch.randn(b, 2, 1, N_MELS, MEL_WINDOW_FRAMES, generator=g).to(device),
-             "pose": (10.0 * torch.randn(b, 2, 3, generator=g)).to(device)}  # degrees, for pose_teacher=coefficients
+             "pose": (10.0 * torch.randn(b, 2, 3, generator=g)).to(device),  # degrees, for pose_teacher=coefficients
+             "landmarks": (torch.rand(b, 2, 68, 2, generator=g) * (s - 1)).to(device)}  # px: keypoint anchors, flow
     if cfg.model.motion_source == "coefficients":  # MappingNet's coefficient windows of source and driving
         batch["coeffs"] = (0.1 * torch.randn(b, 2, cfg.model.mapping.coeff_dim, cfg.model.mapping.window,
                                              generator=g)).to(device)
