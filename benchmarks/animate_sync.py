@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = animate(face, wav_path, video, models=models, seed=args.seed, device="cpu", progress=False)
                 fps = res.frames / (time.perf_counter() - t0)
                 frames = media.read_video(video, fps=25).frames
-                track, _ = DlibFace.shared().analyze(frames, describe_every=len(frames))
+                # dlib's track only when the sync landmarks are dlib's (the default, mediapipe, does not read it)
+                track = (DlibFace.shared().analyze(frames, describe_every=len(frames))[0]
+                         if ext.cfg.sync_landmarks == "dlib" else None)
                 lms = sync_landmarks(ext, frames, track)
                 if lms is None:
                     print(f"{video.name}: no face found in the generated video; skipped")

@@ -289,15 +289,14 @@ class RendererTrainer:
             terms["car"] = self.car(batch["mel"].to(self.device), batch["previous"].to(self.device), pred,
                                     batch["landmarks_previous"].to(self.device),
                                     batch["landmarks"][:, 1].to(self.device)).loss
-        if w.landmark_flow > 0:
-            size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
-            points = pixels_to_grid(batch["landmarks"].to(self.device), size, ac)  # (B, 2, 68, 2)
-            terms["landmark_flow"] = landmark_flow_loss(out.deformation, points[:, 0], points[:, 1], ac)
-        if w.keypoint_anchor > 0:
-            size, ac = self.cfg.model.image_size, self.cfg.model.align_corners
-            chosen = batch["landmarks"][:, :, list(self.cfg.keypoint_landmarks)].to(self.device)  # (B, 2, K, 2) px
-            points = pixels_to_grid(chosen, size, ac)
-            terms["keypoint_anchor"] = keypoint_anchor_loss(kp_s, kp_d, points[:, 0], points[:, 1])
+        if w.landmark_flow > 0 or w.keypoint_anchor > 0:  # preprocessing's landmarks in grid units, (B, 2, 68, 2)
+            ac = self.cfg.model.align_corners
+            points = pixels_to_grid(batch["landmarks"].to(self.device), self.cfg.model.image_size, ac)
+            if w.landmark_flow > 0:
+                terms["landmark_flow"] = landmark_flow_loss(out.deformation, points[:, 0], points[:, 1], ac)
+            if w.keypoint_anchor > 0:
+                chosen = points[:, :, list(self.cfg.keypoint_landmarks)]  # (B, 2, K, 2)
+                terms["keypoint_anchor"] = keypoint_anchor_loss(kp_s, kp_d, chosen[:, 0], chosen[:, 1])
         return GeneratorStep(prediction=pred, kp_driving=kp_d, kp_source=kp_s, terms=terms)
 
     @property
