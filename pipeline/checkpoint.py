@@ -135,10 +135,76 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     module.load_state_dict(state, strict=True)
 
 
+# safetensors dtype names -> torch dtypes (the format's table; https://github.com/huggingface/safetensors).
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file (SadTalker's release), CPU.
+
+    The format is an 8-byte little-endian header length N, N bytes of JSON ``{name: {dtype, shape, data_offsets}}``
+    (plus an optional ``__metadata__``), then the raw little-endian tensor bytes; read here without the
+    `safetensors` package, so no extra dependency is needed and nothing is executed.
+    """
+    import json
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            data = f.read()
+    except (OSError, struct.error, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable .safetensors file ({type(err).__name__}: {err})") from err
+    out: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            start, end = info["data_offsets"]
+            t = torch.frombuffer(bytearray(data[start:end]), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(info["shape"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise WeightsError(f"{path}: entry {name!r} is malformed ({type(err).__name__}: {err})") from err
+    return out
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write tensors in the ``.safetensors`` layout (`read_safetensors`); for tests and conversions."""
+    import json
+    import struct
+
+    names = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for name, t in state.items():
+        b = t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else \
+            t.detach().cpu().contiguous().view(torch.int16).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for b in blobs:
+            f.write(b)
+
+
 def read_weight_file(path: str | os.PathLike[str], nested_keys: Sequence[str] = ("state_dict", "model")
                      ) -> dict[str, torch.Tensor]:
-    """Tensors of a public weight file (a state dict, possibly nested under 'state_dict'/'model'), CPU, weights only."""
+    """Tensors of a public weight file (a state dict, possibly nested under 'state_dict'/'model'), CPU, weights only.
+    A ``.safetensors`` file is read with `read_safetensors` (flat: `nested_keys` do not apply)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found")
     try:

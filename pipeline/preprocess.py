@@ -47,7 +47,9 @@ import numpy as np
 from pipeline import audio as audio_features
 from pipeline import media
 from pipeline.config import CommonConfig, to_dict
+from pipeline.faces import bfm as bfm_mod
 from pipeline.faces import coeffs as coeffs_mod
+from pipeline.faces import deep3d as deep3d_mod
 from pipeline.faces import crop as crop_mod
 from pipeline.faces.landmarks import (
     FACE_ALIGNMENT_FILES_2D,
@@ -84,6 +86,23 @@ class SplitConfig:
         fr = (self.train, self.val, self.test)
         if min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+
+
+@dataclass(frozen=True)
+class Deep3DConfig:
+    """Files of the `deep3d` coefficient backend (`pipeline.faces.deep3d`; README "SadTalker's release").
+
+    Attributes:
+        checkpoint: Deep3DFaceRecon's ``epoch_20.pth`` (weights under ``net_recon``) or SadTalker's
+            ``SadTalker_V0.0.2_256.safetensors`` (weights under ``face_3drecon.``).
+        bfm_folder: folder with ``BFM_model_front.mat`` and ``similarity_Lm3D_all.mat`` (SadTalker's
+            ``checkpoints/BFM_Fitting``).
+        batch_size: frames per reconstruction-network pass.
+    """
+
+    checkpoint: str | None = None
+    bfm_folder: str | None = None
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,10 @@ class PreprocessConfig:
             without rotation metadata): `upright` turns it by the nearest multiple of 90° before cropping,
             `reject` rejects it (reason `sideways`).
         split: speaker fractions per split.
+        coeffs_backend: `landmark3dmm` (default: rigid Procrustes pose + the corpus' PCA expression basis) or
+            `deep3d` (Deep3DFaceRecon's BFM expression, angles and translation: what SadTalker's released networks
+            read; needs `deep3d`'s files). Both write the 73-d layout of `pipeline.faces.coeffs`.
+        deep3d: files of the `deep3d` backend.
     """
 
     backend: Literal["mediapipe", "face_alignment"] = "mediapipe"
@@ -149,8 +172,14 @@ class PreprocessConfig:
     silent_audio: Literal["reject", "keep"] = "reject"
     sideways: Literal["upright", "reject"] = "upright"
     split: SplitConfig = SplitConfig()
+    coeffs_backend: Literal["landmark3dmm", "deep3d"] = "landmark3dmm"
+    deep3d: Deep3DConfig = Deep3DConfig()
 
     def validate(self) -> None:
+        if self.coeffs_backend not in ("landmark3dmm", "deep3d"):
+            raise ValueError(f"coeffs_backend must be landmark3dmm | deep3d, got {self.coeffs_backend!r}")
+        if self.deep3d.batch_size < 1:
+            raise ValueError("deep3d.batch_size must be >= 1")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
         if self.engine not in ("local", "ray"):
@@ -180,10 +209,31 @@ class PreprocessConfig:
     def pass1_fingerprint(self, common: CommonConfig) -> dict[str, Any]:
         """The settings pass-1 outputs depend on (a change invalidates the cache)."""
         d = to_dict(self)
-        for k in ("workers", "engine", "ray_address", "ray_max_retries", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex"):
+        for k in ("workers", "engine", "ray_address", "ray_max_retries", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex", "coeffs_backend", "deep3d"):
             d.pop(k)
+        if self.coeffs_backend == "deep3d":  # the files' contents count, not where they lie
+            # (the landmark backend's fingerprint stays as before, so its caches stay valid)
+            d["deep3d"] = {"checkpoint": file_digest(Path(self.deep3d.checkpoint)),
+                           **{name: file_digest(Path(self.deep3d.bfm_folder) / name)
+                              for name in (bfm_mod.STANDARD_LANDMARKS_FILE, bfm_mod.BFM_FILE)}}
         return {"cache_version": CACHE_VERSION, "fps": common.fps, "sample_rate": common.sample_rate,
                 "image_size": common.image_size, **d}
+
+    def check_deep3d_files(self) -> None:
+        """With ``coeffs_backend: deep3d``: raise `Deep3DFilesMissing` naming each missing file and its param."""
+        if self.coeffs_backend != "deep3d":
+            return
+        missing = deep3d_mod.missing_files(self.deep3d.checkpoint, self.deep3d.bfm_folder)
+        if missing:
+            lines = "\n".join(f"  preprocess.deep3d.{role}: {what}" for role, what in missing)
+            raise Deep3DFilesMissing(
+                "coeffs_backend deep3d needs these files (SadTalker's release: checkpoints/epoch_20.pth or "
+                "SadTalker_V0.0.2_256.safetensors, and checkpoints/BFM_Fitting/; README \"SadTalker's release and "
+                f"Deep3DFaceRecon coefficients\"):\n{lines}")
+
+
+class Deep3DFilesMissing(FileNotFoundError):
+    """`coeffs_backend: deep3d` without its files; the message names each file and the param that points to it."""
 
 
 class NoUsableClips(RuntimeError):
@@ -269,8 +319,11 @@ def _fingerprint(src: Path, settings: dict[str, Any]) -> str:
 
 
 def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: CommonConfig, backend: Any,
-                 fingerprint: str) -> ClipOutcome:
-    """Pass 1 for one video. Raises `ClipRejected` or `media.MediaError` for unusable input."""
+                 fingerprint: str, coeff_estimator: deep3d_mod.Deep3DEstimator | None = None) -> ClipOutcome:
+    """Pass 1 for one video. Raises `ClipRejected` or `media.MediaError` for unusable input.
+
+    With `coeff_estimator` (``coeffs_backend: deep3d``), each cropped chunk also goes through Deep3DFaceRecon on its
+    way to the encoder (no second decode), and the cache entry holds its coefficients."""
     src = job.src
     info = media.probe(src)
     if info.audio_sample_rate is None:
@@ -356,8 +409,26 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
     feats = audio_features.compute_features(wav, common.sample_rate)
 
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
-    cropped = (crop_mod.apply_crop(c, crop, size) for c in chunks())  # (t, S, S, 3) per chunk
-    media.write_video(clip_path, cropped, fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
+    estimates: list[deep3d_mod.Deep3DResult] = []
+
+    def cropped() -> Iterator[np.ndarray]:
+        done = 0
+        for c in chunks():
+            part = crop_mod.apply_crop(c, crop, size)  # (t, S, S, 3)
+            if coeff_estimator is not None:
+                estimates.append(coeff_estimator(part, lms[done:done + len(part)]))
+                done += len(part)
+            yield part
+
+    media.write_video(clip_path, cropped(), fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
+    extra: dict[str, np.ndarray] = {}
+    if coeff_estimator is not None:
+        deep = np.concatenate([e.coeffs for e in estimates]) if estimates else np.zeros((0, deep3d_mod.NUM_COEFFS))
+        if len(deep) != n:
+            raise RuntimeError(f"{src}: deep3d coefficients for {len(deep)} frames, the clip has {n}")
+        extra = {"deep3d": deep.astype(np.float32),
+                 "deep3d_align": np.concatenate([e.align for e in estimates]).astype(np.float32),
+                 "deep3d_landmark_error": np.concatenate([e.landmark_error for e in estimates]).astype(np.float32)}
     clip_bytes, clip_digest = clip_path.stat().st_size, file_digest(clip_path)  # recorded: `_cached` checks them
 
     meta = {
@@ -370,6 +441,9 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         "det_conf_mean": float(track.scores[found].mean()), "det_conf_min": float(track.scores[found].min()),
         "crop": dataclasses.asdict(crop),
     }
+    if extra:  # the BFM fit's quality: projected vs observed landmarks, pixels of the 224 reconstruction input
+        err = extra["deep3d_landmark_error"]
+        meta["deep3d_landmark_error_px"] = float(np.nanmean(err)) if np.isfinite(err).any() else None
     # The cache entry is written last: its presence (with a matching fingerprint) means the clip is complete.
     save_npz(out_dir / "cache" / f"{job.clip_id}.npz",
              fingerprint=np.array(fingerprint), meta=np.array(json.dumps(meta, sort_keys=True)),
@@ -377,7 +451,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
              landmarks=lms, boxes=track.boxes.astype(np.float32), scores=track.scores.astype(np.float32),
              rotation=pose.rotation.astype(np.float32), translation=pose.translation.astype(np.float32),
              scale=pose.scale.astype(np.float32), aligned=pose.aligned.astype(np.float32),
-             wav=wav.astype(np.float32), mel=feats.mel, mfcc=feats.mfcc, fbank=feats.fbank)
+             wav=wav.astype(np.float32), mel=feats.mel, mfcc=feats.mfcc, fbank=feats.fbank, **extra)
     return ClipOutcome(job.clip_id, job.rel, "done", frames=n)
 
 
@@ -466,6 +540,9 @@ def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, wei
     _WORKER["out_dir"] = out_dir
     _WORKER["backend"] = make_backend(cfg.backend, min_confidence=cfg.min_confidence, weights_dir=weights_dir,
                                       landmarks_type=cfg.face_alignment_landmarks, device=cfg.device)
+    _WORKER["deep3d"] = (deep3d_mod.Deep3DEstimator.from_files(cfg.deep3d.checkpoint, cfg.deep3d.bfm_folder,
+                                                                batch_size=cfg.deep3d.batch_size, device=cfg.device)
+                         if cfg.coeffs_backend == "deep3d" else None)
 
 
 def run_in_pool(items: Sequence[Any], workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...],
@@ -551,7 +628,7 @@ def _run_job(args: tuple[ClipJob, str]) -> ClipOutcome:
     cfg, common, out_dir = _WORKER["cfg"], _WORKER["common"], _WORKER["out_dir"]
     rej_path = _rejection_cache_path(out_dir, job.clip_id)
     try:
-        outcome = process_clip(job, out_dir, cfg, common, _WORKER["backend"], fingerprint)
+        outcome = process_clip(job, out_dir, cfg, common, _WORKER["backend"], fingerprint, _WORKER.get("deep3d"))
         rej_path.unlink(missing_ok=True)  # rejected under earlier settings, accepted now
         return outcome
     except (ClipRejected, media.MediaError) as err:
@@ -663,10 +740,14 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
         res = coeffs_mod.expression_residuals(c["aligned"])  # (T, 204)
         coeffs = coeffs_mod.coefficients(basis.project(res), c["rotation"], c["translation"], c["scale"],
                                          crop_center=_crop_center(meta))  # (T, 73)
+        extra = {}
+        if cfg.coeffs_backend == "deep3d":  # SadTalker's exp, angle, trans in 0-69; scale and crop centre as above
+            coeffs[:, coeffs_mod.MOTION] = deep3d_mod.motion_coefficients(c["deep3d"])
+            extra = {"deep3d": c["deep3d"]}  # all 257 (id, tex, gamma too)
         feat_path = out_dir / "features" / f"{j.clip_id}.npz"
         save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], aligned=c["aligned"],
                  mel=c["mel"], mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],
-                 fps=np.array(common.fps), sample_rate=np.array(common.sample_rate))
+                 fps=np.array(common.fps), sample_rate=np.array(common.sample_rate), **extra)
         crop = meta["crop"]
         rows.append({
             "clip_id": j.clip_id, "speaker": j.speaker, "split": splits[j.speaker],
@@ -740,6 +821,7 @@ def run_preprocess(raw_dir: Path, out_dir: Path, cfg: PreprocessConfig, common: 
     if cfg.backend == "face_alignment":  # fail before any work (a worker that cannot start would stall the pool)
         check_face_alignment_weights(weights_dir, FACE_ALIGNMENT_FILES_3D if cfg.face_alignment_landmarks == "3D"
                                      else FACE_ALIGNMENT_FILES_2D)
+    cfg.check_deep3d_files()  # likewise, for coeffs_backend: deep3d
     # Fail before any decoding when an output folder cannot be written (one message naming it).
     check_writable(out_dir, *(out_dir / sub for sub in ("clips", "features", "cache")))
     out_dir.mkdir(parents=True, exist_ok=True)
