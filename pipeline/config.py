@@ -190,8 +190,18 @@ class CommonConfig:
     sample_rate: int
     image_size: int
     paths: PathsConfig = PathsConfig()
+    device: str = "auto"  # training stages: auto (CUDA when torch sees one) | cpu | cuda
+    precision: str = "fp32"  # training stages: fp32 | bf16 (autocast; CPU or CUDA) | fp16 (autocast + GradScaler, CUDA)
+    launcher: str = "python"  # what dvc.yaml runs the training stages with: python | torchrun --nproc_per_node=N ...
 
     def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {self.precision!r} is not one of fp32, bf16, fp16")
+        if not self.launcher.strip() or self.launcher.split()[0] not in ("python", "python3", "torchrun"):
+            raise ValueError(f"launcher {self.launcher!r}: expected `python` or `torchrun <options>` (dvc.yaml runs "
+                             "`<launcher> -m stages.<stage>`)")
         # The audio features and their frame pairing (method.md §1.1: 80 mel frames/s = 16 kHz / hop 200, 4 MFCC
         # rows per video frame, mel windows at int(80 (k-2) / 25)) and public pretrained encoders assume exactly these.
         if self.fps != 25 or self.sample_rate != 16000:

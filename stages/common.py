@@ -215,33 +215,3 @@ def log_model(tracker: tracking.Tracker, checkpoint: Path, config: dict[str, Any
     elif checkpoint.is_file():
         log.info("%s is %.1f GB: not copied to MLflow (it stays in the DVC cache)", checkpoint,
                  checkpoint.stat().st_size / 1e9)
-
-
-def run_training_stage(stage: str, args: argparse.Namespace, config_cls: type[T],
-                       train: Any, inputs: Sequence[Path] = (), **train_inputs: Any) -> tuple[T, TrainRun]:
-    """argv + params -> one library call -> MLflow: the body of every training stage.
-
-    Loads the `common` and `<stage>` params sections, opens the stage's MLflow run, calls
-    ``train(cfg, common.seed, processed=..., out=..., reports=..., tracker=..., progress=..., **train_inputs)``
-    (which writes the model and the report folder), then logs the numeric metrics and the report files.
-
-    Args:
-        inputs: files whose content hash is the run's data version besides ``<processed>/manifest.parquet``.
-    """
-    setup_logging(args.verbose)
-    params = load_params(args.params)
-    common = load_common(params, args.params)
-    cfg = load_section(params, stage, config_cls, args.params)
-    require_writable(stage, args.out, args.reports)
-    versioned = [args.processed / "manifest.parquet", *inputs]
-    with tracked_stage(stage, args, {"common": common, stage: cfg}, versioned) as tracker:
-        run = train(cfg, common.seed, processed=args.processed, out=args.out, reports=args.reports, tracker=tracker,
-                    progress=not args.no_progress, **train_inputs)
-        tracker.log_metrics(numeric_metrics(run.metrics))
-        history = getattr(run, "history", None)
-        if history is not None:  # every curve of the run, one row per step: `dvc plots` reads it (dvc.yaml plots)
-            history.save_dense(args.reports / "curves.json")
-        log_report_folder(tracker, args.reports)
-        log_model(tracker, args.out / "checkpoint.pt", {"common": to_dict(common), stage: to_dict(cfg)})
-    log.info("%s: %.1f s of training", stage, run.seconds)
-    return cfg, run

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline.train.renderer import TrainRendererConfig, log_motion_summary, pretrain_renderer
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.pretrain_renderer")
 STAGE = "pretrain_renderer"
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tavc", type=Path, default=None,
                    help="trained TAVC checkpoint (models/tavc/checkpoint.pt); needed when model.cerl.enabled")
     args = p.parse_args(argv)
-    _, run = sc.run_training_stage(STAGE, args, TrainRendererConfig, pretrain_renderer,
+    _, run = run_training_stage(STAGE, args, TrainRendererConfig, pretrain_renderer,
                                    inputs=[args.tavc] if args.tavc is not None else [], tavc=args.tavc)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     h = run.metrics["heldout"]
     for metric in ("l1", "lmd", "mouth_lmd"):
         if metric in h and h[metric].get("generated") is not None:

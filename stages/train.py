@@ -31,6 +31,7 @@ from pathlib import Path
 from pipeline.train.renderer import log_motion_summary
 from pipeline.train.tavce import TrainTAVCEConfig, train_tavce
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.train")
 STAGE = "train"
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="pretrained renderer checkpoint to fine-tune (models/renderer/checkpoint.pt)")
     p.add_argument("--tavc", type=Path, required=True, help="trained TAVC checkpoint (models/tavc/checkpoint.pt)")
     args = p.parse_args(argv)
-    _, run = sc.run_training_stage(STAGE, args, TrainTAVCEConfig, train_tavce, inputs=[args.init, args.tavc],
+    _, run = run_training_stage(STAGE, args, TrainTAVCEConfig, train_tavce, inputs=[args.init, args.tavc],
                                    tavc=args.tavc, init=args.init)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     log_motion_summary(STAGE, run.metrics)
     return 0
 

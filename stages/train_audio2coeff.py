@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pipeline.train.audio2coeff import TrainAudio2CoeffConfig, train_audio2coeff
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.train_audio2coeff")
 STAGE = "train_audio2coeff"
@@ -37,9 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.syncers.is_file():
         raise SystemExit(f"--syncers {args.syncers}: not found (run `dvc repro train_syncers` first)")
-    _, run = sc.run_training_stage(STAGE, args, TrainAudio2CoeffConfig, train_audio2coeff,
+    _, run = run_training_stage(STAGE, args, TrainAudio2CoeffConfig, train_audio2coeff,
                                    inputs=[args.processed / "expression_basis.npz", args.syncers],
                                    syncers=args.syncers)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     m = run.metrics
     lips = m["lips"]
     log.info("held-out mouth-opening r %.2f; mouth LMD %.4f vs reference %.4f, train mean %.4f",

@@ -16,6 +16,7 @@ import logging
 
 from pipeline.train.syncers import TrainSyncersConfig, train_syncers
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.train_syncers")
 STAGE = "train_syncers"
@@ -23,7 +24,9 @@ STAGE = "train_syncers"
 
 def main(argv: list[str] | None = None) -> int:
     args = sc.training_parser(STAGE, __doc__).parse_args(argv)
-    _, result = sc.run_training_stage(STAGE, args, TrainSyncersConfig, train_syncers)
+    _, result = run_training_stage(STAGE, args, TrainSyncersConfig, train_syncers)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     rigid = result.metrics["rigid_offset"]
     log.info("rigid |AV-Off| ground truth vs random: %s", ", ".join(
         f"{k}: {v['gt_mean']:.2f} vs {v['random_mean']:.2f} (p={v['p_value']:.3g})" for k, v in rigid.items()))

@@ -18,6 +18,7 @@ import logging
 
 from pipeline.train.syncnet import TrainSyncNetConfig, train_syncnet
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.train_syncnet")
 STAGE = "train_syncnet"
@@ -25,7 +26,9 @@ STAGE = "train_syncnet"
 
 def main(argv: list[str] | None = None) -> int:
     args = sc.training_parser(STAGE, __doc__).parse_args(argv)
-    _, run = sc.run_training_stage(STAGE, args, TrainSyncNetConfig, train_syncnet)
+    _, run = run_training_stage(STAGE, args, TrainSyncNetConfig, train_syncnet)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     m = run.metrics
     log.info("%s [%s]: offset within ±1 for %.0f%% of %d shifted clips; LSE-D/LSE-C synced %.3f/%.3f vs shuffled %.3f/%.3f",
              m["extractor"], m["status"], 100 * m["offset_acc_pm1"], m["shifted_cases"], m["synced"]["lse_d"], m["synced"]["lse_c"],

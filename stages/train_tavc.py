@@ -15,6 +15,7 @@ import logging
 
 from pipeline.train.tavc import TrainTAVCConfig, train_tavc
 from stages import common as sc
+from stages.training import run_training_stage
 
 log = logging.getLogger("tavce.train_tavc")
 STAGE = "train_tavc"
@@ -22,7 +23,9 @@ STAGE = "train_tavc"
 
 def main(argv: list[str] | None = None) -> int:
     args = sc.training_parser(STAGE, __doc__).parse_args(argv)
-    _, run = sc.run_training_stage(STAGE, args, TrainTAVCConfig, train_tavc)
+    _, run = run_training_stage(STAGE, args, TrainTAVCConfig, train_tavc)
+    if run is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     h = run.metrics["heldout"]
     log.info("%s: held-out pos %.3f neg %.3f ratio %.2f [%.2f, %.2f], pos > neg in %.0f %% (target met: %s)", STAGE,
              h["pos_sim"], h["neg_sim"], h["ratio"], h["ratio_ci_low"], h["ratio_ci_high"], 100 * h["pos_gt_neg"],

@@ -83,10 +83,10 @@ def test_yaml_exponent_trap_is_explained() -> None:
 def test_validate_hook_names_section() -> None:
     paths = {"raw": "r", "processed": "p", "reports": "q"}
     with pytest.raises(ConfigError, match="common"):
-        from_dict(CommonConfig, {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 100, "paths": paths},
+        from_dict(CommonConfig, {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 100, "device": "cpu", "precision": "fp32", "launcher": "python", "paths": paths},
                   "common")
     with pytest.raises(ConfigError, match="common.*fps 25 and sample_rate 16000"):
-        from_dict(CommonConfig, {"seed": 0, "fps": 30, "sample_rate": 16000, "image_size": 256, "paths": paths},
+        from_dict(CommonConfig, {"seed": 0, "fps": 30, "sample_rate": 16000, "image_size": 256, "device": "cpu", "precision": "fp32", "launcher": "python", "paths": paths},
                   "common")
 
 
@@ -137,3 +137,13 @@ def test_fill_defaults_completes_configs_stored_before_a_key_existed() -> None:
         from_dict(Outer, {"inner": {}}, "model", fill_defaults=True)
     with pytest.raises(ConfigError, match="missing"):  # and the strict mode is back afterwards
         from_dict(Outer, old, "model")
+
+
+def test_common_training_settings_are_validated_with_their_names() -> None:
+    base = {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 256, "device": "cpu", "precision": "fp32",
+            "launcher": "python", "paths": {"raw": "r", "processed": "p", "reports": "q"}}
+    assert from_dict(CommonConfig, {**base, "launcher": "torchrun --nproc_per_node=2"}, "common").launcher
+    for key, bad, msg in (("device", "tpu", "common.*device 'tpu'"), ("precision", "fp8", "common.*precision 'fp8'"),
+                          ("launcher", "mpirun -n 2", "common.*launcher 'mpirun -n 2'")):
+        with pytest.raises(ConfigError, match=msg):
+            from_dict(CommonConfig, {**base, key: bad}, "common")

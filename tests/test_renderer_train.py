@@ -176,7 +176,7 @@ def test_stage_smoke_resume_reuse_and_inference_loading(processed_corpus, tmp_pa
 
     tavc = _tavc_checkpoint(tmp_path / "tavc.pt")
     cfg = _cfg()
-    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32", "launcher": "python",
                          "paths": {"raw": "r", "processed": "p", "reports": "rep"}},
               "pretrain_renderer": to_dict(cfg)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

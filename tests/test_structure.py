@@ -114,8 +114,8 @@ def _stages() -> dict[str, dict]:
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_stage_deps_cover_the_code_it_runs(stage: str) -> None:
     spec = _stages()[stage]
-    match = re.search(r"python -m (stages\.\w+)", spec["cmd"])
-    assert match, f"dvc.yaml stage {stage}: cmd does not run `python -m stages.<name>`"
+    match = re.search(r"(?:python|\$\{common\.launcher\}) -m (stages\.\w+)", spec["cmd"])
+    assert match, f"dvc.yaml stage {stage}: cmd does not run `python -m stages.<name>` (or `${{common.launcher}} -m ...`)"
     deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
     code_deps = [ROOT / d for d in deps if d.split("/")[0] in PACKAGES]
     missing_paths = [str(p.relative_to(ROOT)) for p in code_deps if not p.exists()]
@@ -166,3 +166,19 @@ def test_readme_method_table_names_code_and_tests_that_exist() -> None:
                     if not re.search(rf"^\s*(def|class)\s+{name}\b|^{name}\s*[:=]", source, re.M):
                         missing.append(f"{current.relative_to(ROOT)}:{name}")
     assert not missing, missing
+
+
+def test_every_training_stage_runs_through_the_launcher_and_depends_on_device_and_precision() -> None:
+    """`common.launcher` switches every training stage to torchrun; device and precision change their results."""
+    from stages.training import run_training_stage  # noqa: F401 - the module the launcher's stages share
+
+    training = [name for name, spec in _stages().items()
+                if "stages/training.py" in [d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]]]
+    assert len(training) == 6, training
+    for name in training:
+        spec = _stages()[name]
+        assert spec["cmd"].startswith("${common.launcher} -m stages."), name
+        assert {"common.seed", "common.device", "common.precision"} <= set(spec["params"]), name
+    for name, spec in _stages().items():
+        if name not in training:
+            assert "${common.launcher}" not in spec["cmd"] and "common" not in spec.get("params", []), name

@@ -425,7 +425,7 @@ def test_stage_writes_report(trained, processed_corpus, tmp_path):
     model_dir = tmp_path / "models"
     shutil.copytree(out, model_dir)  # complete checkpoint: the stage only evaluates and reports
     params = tmp_path / "params.yaml"
-    common = {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+    common = {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32", "launcher": "python",
               "paths": {"raw": "data/raw", "processed": str(processed_corpus), "reports": "reports"}}
     params.write_text(yaml.safe_dump({"common": common, "train_syncers": to_dict(TINY)}))
     reports = tmp_path / "reports"

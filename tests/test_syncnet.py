@@ -327,7 +327,7 @@ def test_stage_cli(processed_corpus: Path, tmp_path: Path) -> None:
         stage.main(["--help"])
     assert exc.value.code == 0
     section = to_dict(_train_cfg(steps=2, eval_every=1, model=replace(TINY, face_region="mouth")))
-    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32", "launcher": "python",
                          "paths": {"raw": "r", "processed": str(processed_corpus), "reports": "rep"}},
               "train_syncnet": section}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -317,7 +317,7 @@ def test_stage_smoke_resume_and_reuse(processed_corpus, tmp_path):
     from stages import train_tavc as stage
 
     cfg = _small_cfg()
-    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32", "launcher": "python",
                          "paths": {"raw": "r", "processed": "p", "reports": "rep"}},
               "train_tavc": to_dict(cfg)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -85,7 +85,7 @@ def test_stage_trains_from_the_pretrained_renderer_resumes_and_loads_for_inferen
     tavc = _tavc_checkpoint(tmp_path / "tavc.pt")
     init = _pretrained(tmp_path / "renderer.pt")
     cfg = _cfg()
-    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128,
+    params = {"common": {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32", "launcher": "python",
                          "paths": {"raw": "r", "processed": "p", "reports": "rep"}}, "train": to_dict(cfg)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out, reports = tmp_path / "train", tmp_path / "reports"

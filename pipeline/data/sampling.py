@@ -45,14 +45,18 @@ def sample_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Yields, for each step in [start, stop), the batch of keys [(step, 0), ..., (step, batch_size - 1)]."""
+    """Yields, for each step in [start, stop), the batch of keys [(step, 0), ..., (step, batch_size - 1)], or only
+    the slots in ``span = (first, stop)`` of it: one rank's share of the global batch in a data-parallel run."""
 
-    def __init__(self, batch_size: int, start: int, stop: int) -> None:
+    def __init__(self, batch_size: int, start: int, stop: int, span: tuple[int, int] | None = None) -> None:
         self.batch_size, self.start, self.stop = batch_size, start, stop
+        self.slots = range(*span) if span is not None else range(batch_size)
+        if self.slots and not (0 <= self.slots.start and self.slots.stop <= batch_size):
+            raise ValueError(f"span {span} is not inside a batch of {batch_size}")
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start, self.stop):
-            yield [(step, slot) for slot in range(self.batch_size)]
+            yield [(step, slot) for slot in self.slots]
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -63,9 +67,11 @@ def _worker_init(_: int) -> None:
 
 
 def step_loader(dataset: torch.utils.data.Dataset, batch_size: int, start: int, stop: int, workers: int,
-                collate_fn: Callable[[list[Any]], Any] | None = None) -> torch.utils.data.DataLoader:
-    """DataLoader over keyed samples for steps [start, stop) (see module docstring); `workers` processes decode."""
+                collate_fn: Callable[[list[Any]], Any] | None = None, span: tuple[int, int] | None = None
+                ) -> torch.utils.data.DataLoader:
+    """DataLoader over keyed samples for steps [start, stop) (see module docstring); `workers` processes decode;
+    `span`: only these slots of every batch (a rank's share, ``Distributed.span(batch_size)``)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatchSampler(batch_size, start, stop), num_workers=workers,
+        dataset, batch_sampler=StepBatchSampler(batch_size, start, stop, span), num_workers=workers,
         collate_fn=collate_fn, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -42,6 +42,7 @@ from pipeline.models import count_parameters
 from pipeline.models.syncnet import CHECKPOINT_KIND, SyncNet, SyncNetConfig, load_syncnet_v2
 from pipeline.tracking import Tracker
 from pipeline.train.common import History, fingerprint, restore, resumable
+from pipeline.train.distributed import Distributed
 from pipeline.viz import plot_curves
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def embed_video(model: SyncNet, clip: SyncClip, batch: int) -> torch.Tensor:
     for i in range(0, clip.n_windows, batch):
         ks = range(i, min(clip.n_windows, i + batch))
         faces = np.stack([clip.faces[k:k + WINDOW] for k in ks])  # (b, 5, S, S, 3)
-        out.append(model.forward_lip(video_input(faces)))
+        out.append(model.forward_lip(video_input(faces).to(_device(model))).cpu())
     return torch.cat(out)  # (N, D)
 
 
@@ -131,8 +132,13 @@ def embed_audio(model: SyncNet, mfcc: np.ndarray, n_windows: int, batch: int) ->
     """a for every window k = 0 .. n_windows - 1 of an (N, 13) int16-scale MFCC -> (N, D)."""
     out = []
     for i in range(0, n_windows, batch):
-        out.append(model.forward_aud(audio_input(audio_windows(mfcc, range(i, min(n_windows, i + batch))))))
+        windows = audio_input(audio_windows(mfcc, range(i, min(n_windows, i + batch))))
+        out.append(model.forward_aud(windows.to(_device(model))).cpu())
     return torch.cat(out)  # (N, D)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def shuffle_partner(clips: list[SyncClip], i: int) -> int:
@@ -252,7 +258,7 @@ def build_model(cfg: TrainSyncNetConfig) -> SyncNet:
 
 def train_syncnet(cfg: TrainSyncNetConfig, seed: int, *, processed: str | os.PathLike[str],
                   out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
-                  progress: bool = True) -> SyncNetRun:
+                  progress: bool = True, dist: Distributed | None = None) -> SyncNetRun | None:
     """Train (or resume, or skip when finished) and evaluate a SyncNet, and write its report.
 
     Args:
@@ -264,8 +270,12 @@ def train_syncnet(cfg: TrainSyncNetConfig, seed: int, *, processed: str | os.Pat
             (one row per clip), curves.png, offsets.png.
         tracker: receives per-step losses, held-out curves and the training time.
         progress: show a tqdm bar.
+        dist: this process's place in a torchrun run (None: one plain process); ranks other than 0 train their
+            share of every batch and return None.
     """
-    run = _train_syncnet(cfg, seed, Path(processed), Path(out), tracker, progress)
+    run = _train_syncnet(cfg, seed, Path(processed), Path(out), tracker, progress, dist or Distributed())
+    if run is None:
+        return None
     tracker.log_metrics({"train/seconds": run.seconds})
     write_report(run, reports, cfg.vshift)
     return run
@@ -285,7 +295,7 @@ def write_report(run: SyncNetRun, reports: str | os.PathLike[str], vshift: int) 
 
 
 def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir: Path, tracker: Tracker,
-                   progress: bool) -> SyncNetRun:
+                   progress: bool, dist: Distributed) -> SyncNetRun | None:
     ckpt_path = out_dir / "checkpoint.pt"
     manifest = processed / "manifest.parquet"
     if not manifest.is_file():
@@ -293,8 +303,9 @@ def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir:
     weights_version = file_digest(cfg.pretrained) if cfg.pretrained is not None else None
     fp = fingerprint(cfg, seed, file_digest(manifest), weights_version)
 
+    dist.check_batch(cfg.batch_size, "train_syncnet.batch_size")
     seed_everything(seed)
-    model = build_model(cfg)
+    model, = dist.prepare(build_model(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history, start = History(), 0
     state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
@@ -309,6 +320,8 @@ def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir:
     held_clips = load_sync_clips(held, cfg.model.face_region, cfg.model.image_size)
 
     def save(step: int) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=optimizer, step=step,
                         fingerprint=fp, extra={"history": history.rows})
 
@@ -318,35 +331,38 @@ def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir:
         log.info("cutting %s face regions of %d train clips", cfg.model.face_region, len(train))
         train_clips = load_sync_clips(train, cfg.model.face_region, cfg.model.image_size)
         dataset = SyncPairDataset(train_clips, seed, cfg.min_neg_shift, cfg.max_neg_shift, cfg.flip)
-        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers, collate_pairs)
+        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers, collate_pairs,
+                             span=dist.span(cfg.batch_size))
         loss_fn = ContrastiveMarginLoss(cfg.margin)
         sums = {"loss": 0.0, "d_pos": 0.0, "d_neg": 0.0}
         count = 0
         model.train()
         bar = tqdm(loader, total=cfg.steps, initial=start, desc="train_syncnet", disable=not progress, leave=False)
         for step, batch in zip(range(start, cfg.steps), bar):
-            out = model(batch.video, batch.audio)  # v, a: (B, D)
-            d = pair_distance(out.video, out.audio)  # (B,)
-            loss = loss_fn(d, batch.label)
+            label = batch.label.to(dist.device)
+            with dist.autocast():
+                out = model(batch.video.to(dist.device), batch.audio.to(dist.device))  # v, a: (B, D)
+                d = pair_distance(out.video.float(), out.audio.float())  # (B,)
+                loss = loss_fn(d, label)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            dist.backward(loss, optimizer)
+            dist.step(optimizer)
 
             done = step + 1
-            pos = batch.label > 0.5
+            pos = label > 0.5
             d = d.detach()
             sums["loss"] += loss.item()
             sums["d_pos"] += d[pos].mean().item()
             sums["d_neg"] += d[~pos].mean().item()
             count += 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                values = {k: v / count for k, v in sums.items()}
+                values = dist.mean_values({k: v / count for k, v in sums.items()})
                 history.add(done, **values)
                 tracker.log_metrics(values, step=done)
                 bar.set_postfix(loss=f"{values['loss']:.3f}", d_pos=f"{values['d_pos']:.2f}",
                                 d_neg=f"{values['d_neg']:.2f}")
                 sums, count = dict.fromkeys(sums, 0.0), 0
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and dist.is_main:
                 _log_eval(evaluate_sync(model, held_clips, cfg.eval_max_shift, cfg.vshift, cfg.eval_batch).metrics,
                           done, history, tracker)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
@@ -357,6 +373,9 @@ def _train_syncnet(cfg: TrainSyncNetConfig, seed: int, processed: Path, out_dir:
         save(0)
     else:
         log.info("%s already holds all %d steps: evaluating only", ckpt_path, cfg.steps)
+    dist.barrier()  # the final checkpoint is written before any rank leaves
+    if not dist.is_main:
+        return None
 
     evaluation = evaluate_sync(model, held_clips, cfg.eval_max_shift, cfg.vshift, cfg.eval_batch)
     _log_eval(evaluation.metrics, cfg.steps, history, tracker)

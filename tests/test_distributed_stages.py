@@ -1,0 +1,164 @@
+"""Every training stage under ``torchrun --nproc_per_node=2`` (2 gloo processes on this CPU) ends with the weights of
+the same stage run as one plain process with the same global batch, and a run killed under torchrun resumes (at
+another process count) to the weights of an uninterrupted run.
+
+The stages run exactly as dvc.yaml runs them (``<launcher> -m stages.<stage>``), on the tiny shared corpus with the
+tiny model configs of each stage's own tests. Tolerances: the runs differ only in float summation order (two
+half-batch gradients averaged by gloo, BatchNorm statistics from two partial sums), ~1e-7 relative per step,
+amplified by a few Adam steps to well under the 1e-4 used here; every check also shows that it can fail (a
+different global batch moves the weights by far more).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+COMMON = {"seed": 0, "fps": 25, "sample_rate": 16000, "image_size": 128, "device": "cpu", "precision": "fp32",
+          "launcher": "python"}
+
+
+def _write_params(tmp: Path, stage: str, section: Any, processed: Path, **common: Any) -> Path:
+    params = {"common": {**COMMON, **common, "paths": {"raw": "r", "processed": str(processed), "reports": "rep"}},
+              stage: to_dict(section)}
+    path = tmp / f"params_{stage}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _command(stage: str, nproc: int, port: int) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", f"stages.{stage}"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(port), "-m", f"stages.{stage}"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TAVCE_NO_TRACKING": "1"}
+
+
+_PORT = [29600 + os.getpid() % 2000]
+
+
+def run_stage(stage: str, params: Path, processed: Path, out: Path, nproc: int, *extra: str,
+              timeout: float = 600) -> dict[str, torch.Tensor]:
+    """Run a training stage (plain, or under torchrun with `nproc` gloo ranks); returns its checkpoint's weights."""
+    _PORT[0] += 1
+    args = ["--params", str(params), "--processed", str(processed), "--out", str(out), "--reports",
+            str(out.parent / f"{out.name}_reports"), "--no-progress", *extra]
+    proc = subprocess.run(_command(stage, nproc, _PORT[0]) + args, cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{stage} x{nproc} failed:\n{proc.stderr[-4000:]}"
+    return weights(out / "checkpoint.pt")
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: v for k, v in state["model"].items() if v.is_floating_point()}
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lr: float, steps: int,
+                 rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Weights (every tensor but biases and BatchNorm running means) allclose; biases and running means within
+    Adam's largest possible movement.
+
+    Why the split: a bias followed by a normalisation layer (conv -> BatchNorm / InstanceNorm) has a gradient that
+    is exactly zero in exact arithmetic, so what it gets is float noise of ~1e-9, and Adam divides every gradient by
+    its own running magnitude: it turns that noise into full steps of size lr with a sign that depends on summation
+    order. Those biases (and the running means that integrate them) therefore differ between *any* two summation
+    orders, even two single-process runs with different thread counts; they cannot differ by more than
+    ~lr per step, and they do not affect the network's output (the normalisation removes them)."""
+    assert a.keys() == b.keys()
+    loose = [k for k in a if k.endswith(".bias") or k.endswith("running_mean")]
+    bad = [k for k in a if k not in loose and not torch.allclose(a[k], b[k], rtol=rtol, atol=atol)]
+    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}: max |diff| " \
+                    f"{max(float((a[k] - b[k]).abs().max()) for k in bad):.3g}"
+    bound = 2.0 * lr * steps
+    far = [k for k in loose if float((a[k] - b[k]).abs().max()) > bound]
+    assert not far, f"{far[:3]} moved apart by more than Adam's bound {bound:.3g}"
+    assert len(loose) < len(a)
+
+
+def assert_differ(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4,
+                  atol: float = 1e-5) -> None:
+    """The check above can fail: weights (not biases) that are not allclose."""
+    assert not all(torch.allclose(a[k], b[k], rtol=rtol, atol=atol) for k in a if not k.endswith(".bias"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train_syncnet (BatchNorm everywhere: the global-batch statistics matter here)
+# ----------------------------------------------------------------------------------------------------------------
+def _syncnet_cfg(**over: Any):
+    from tests.test_syncnet import _train_cfg
+
+    return _train_cfg(**{"eval_every": 0, "checkpoint_every": 2, **over})
+
+
+def test_train_syncnet_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Path) -> None:
+    params = _write_params(tmp_path, "train_syncnet", _syncnet_cfg(), processed_corpus)
+    cfg = _syncnet_cfg()
+    one = run_stage("train_syncnet", params, processed_corpus, tmp_path / "one", 1)
+    two = run_stage("train_syncnet", params, processed_corpus, tmp_path / "two", 2)
+    assert_close(one, two, cfg.lr, cfg.steps)
+    assert (tmp_path / "two_reports" / "metrics.json").is_file()  # rank 0 wrote the report
+    # BatchNorm running statistics follow the global batch too (per-rank statistics would differ)
+    state = torch.load(tmp_path / "two" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(k.endswith("running_var") for k in state)
+    other = _write_params(tmp_path, "train_syncnet", _syncnet_cfg(batch_size=6), processed_corpus)
+    assert_differ(one, run_stage("train_syncnet", other, processed_corpus, tmp_path / "other", 2))
+
+
+def test_batch_that_does_not_split_evenly_fails_naming_the_param(processed_corpus: Path, tmp_path: Path) -> None:
+    params = _write_params(tmp_path, "train_syncnet", _syncnet_cfg(batch_size=6), processed_corpus)
+    _PORT[0] += 1
+    proc = subprocess.run(_command("train_syncnet", 4, _PORT[0]) + [
+        "--params", str(params), "--processed", str(processed_corpus), "--out", str(tmp_path / "m"), "--reports",
+        str(tmp_path / "r"), "--no-progress"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "train_syncnet.batch_size: 6 is not a multiple of the 4 training processes" in proc.stderr
+
+
+def test_killed_two_rank_run_resumes_at_one_process_to_the_uninterrupted_weights(processed_corpus: Path,
+                                                                                 tmp_path: Path) -> None:
+    cfg = _syncnet_cfg(steps=40, checkpoint_every=2)
+    params = _write_params(tmp_path, "train_syncnet", cfg, processed_corpus)
+    out = tmp_path / "killed"
+    _PORT[0] += 1
+    args = ["--params", str(params), "--processed", str(processed_corpus), "--out", str(out), "--reports",
+            str(tmp_path / "killed_reports"), "--no-progress"]
+    proc = subprocess.Popen(_command("train_syncnet", 2, _PORT[0]) + args, cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt, deadline, killed_at = out / "checkpoint.pt", time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+            except Exception:  # noqa: BLE001 - caught mid-write by a reader: the writer is atomic, retry
+                step = 0
+            if 4 <= step < cfg.steps:
+                os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+                killed_at = step
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed_at is not None, "the run finished (or never checkpointed) before it could be killed"
+    resumed = run_stage("train_syncnet", params, processed_corpus, out, 1)  # resumes from the rank-0 checkpoint
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["step"] == cfg.steps
+    uninterrupted = run_stage("train_syncnet", params, processed_corpus, tmp_path / "straight", 1)
+    assert_close(uninterrupted, resumed, cfg.lr, cfg.steps)
