@@ -16,7 +16,10 @@ The inference path of TAVCE (SadTalker's, with CERL):
 6. H.264 + AAC mp4 with the (16 kHz mono) input audio muxed in sync; optionally the crop pasted back into the photo
    with a feathered mask, and a GIF preview.
 
-Models come from a pipeline run's ``models/`` folder or from a bundle written by :func:`pipeline.bundle.export_bundle`.
+Models come from a pipeline run's ``models/`` folder, from a bundle written by :func:`pipeline.bundle.export_bundle`, or
+from SadTalker's release (``tavce animate --sadtalker DIR``: `pipeline.models.sadtalker`), whose networks read BFM
+coefficients: the portrait's then come from Deep3DFaceRecon (`AnimateModels.coeff_estimator`) instead of the
+expression basis.
 """
 
 from __future__ import annotations
@@ -68,14 +71,20 @@ BASIS_FILE = "expression_basis.npz"
 
 @dataclass
 class AnimateModels:
-    """The networks `animate` runs, and where they came from."""
+    """The networks `animate` runs, and where they came from.
+
+    ``coeff_estimator`` (SadTalker's release): a `pipeline.faces.deep3d.Deep3DEstimator`-like callable
+    ``(frames (1, S, S, 3), landmarks (1, 68, 2)) -> result`` with ``.motion`` (1, 70) and ``.align`` (1, 5); when
+    set, the portrait's coefficients 0-69 are its BFM estimate and ``basis`` may be None.
+    """
 
     renderer: Renderer
     audio2coeff: Audio2Coeff
     tavc: TAVC | None
-    basis: coeffs_mod.ExpressionBasis
+    basis: coeffs_mod.ExpressionBasis | None
     sources: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    coeff_estimator: Any | None = None
 
 
 def model_files(models: str | os.PathLike[str], expression_basis: str | os.PathLike[str] | None = None
@@ -186,6 +195,7 @@ class Portrait:
     face: np.ndarray  # (S, S, 3) uint8, the crop resized to the renderer's side
     coeffs: np.ndarray  # (73,) float32 reference coefficients
     faces_found: int
+    align: np.ndarray | None = None  # (5,) Deep3DFaceRecon alignment (W0, H0, s, tx, ty) with a coeff_estimator
 
 
 def _detections(backend: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,9 +226,10 @@ def _detections(backend: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return b[order], s[order]
 
 
-def find_portrait(image: np.ndarray, image_size: int, basis: coeffs_mod.ExpressionBasis, *, name: str = "image",
-                  face_index: int | None = None, crop_scale: float = DEFAULT_CROP_SCALE,
-                  backend: Any | None = None, min_confidence: float = 0.5) -> Portrait:
+def find_portrait(image: np.ndarray, image_size: int, basis: coeffs_mod.ExpressionBasis | None, *,
+                  name: str = "image", face_index: int | None = None, crop_scale: float = DEFAULT_CROP_SCALE,
+                  backend: Any | None = None, min_confidence: float = 0.5,
+                  coeff_estimator: Any | None = None) -> Portrait:
     """Find, crop and fit the face of one photo with the preprocessing code.
 
     Args:
@@ -229,7 +240,10 @@ def find_portrait(image: np.ndarray, image_size: int, basis: coeffs_mod.Expressi
         face_index: which face when there are several (0 = largest); None = the largest, with a warning.
         crop_scale: `fixed_crop`'s scale (preprocess.crop_scale of the training corpus).
         backend: a landmark backend (`make_backend`); None = mediapipe.
+        coeff_estimator: BFM coefficients for 0-69 instead of the basis (`AnimateModels.coeff_estimator`).
     """
+    if basis is None and coeff_estimator is None:
+        raise ValueError("find_portrait needs an expression basis or a coefficient estimator")
     backend = backend or make_backend("mediapipe", min_confidence=min_confidence)
     H, W = image.shape[:2]
     boxes, _ = _detections(backend, image)
@@ -263,11 +277,34 @@ def find_portrait(image: np.ndarray, image_size: int, basis: coeffs_mod.Expressi
     face = crop_mod.apply_crop(image, crop, image_size)  # (S, S, 3)
     lms = crop_mod.transform_landmarks(lms, crop, image_size).astype(np.float32)  # (1, 68, 3) crop pixels
     pose = coeffs_mod.fit_pose(lms, image_size=image_size)
-    expr = basis.project(coeffs_mod.expression_residuals(pose.aligned))  # (1, 64)
+    expr = (basis.project(coeffs_mod.expression_residuals(pose.aligned)) if basis is not None
+            else np.zeros((1, coeffs_mod.NUM_EXPRESSION)))  # (1, 64)
     cx, cy = crop.center
     coeffs = coeffs_mod.coefficients(expr, pose.rotation, pose.translation, pose.scale,
                                      crop_center=(cx / W, cy / H))[0]  # (73,)
-    return Portrait(image, crop, face, coeffs, len(boxes))
+    align = None
+    if coeff_estimator is not None:  # BFM exp, angle, trans (SadTalker's networks read these); 70-72 as above
+        est = coeff_estimator(face[None], lms[..., :2])
+        if not np.all(np.isfinite(est.motion)):
+            raise AnimateError(f"{name}: the face reconstruction network gave no coefficients for this face")
+        coeffs[coeffs_mod.MOTION] = est.motion[0]
+        align = np.asarray(est.align[0], np.float64)
+    return Portrait(image, crop, face, coeffs, len(boxes), align)
+
+
+def mapping_windows(coeffs: np.ndarray, centres: Any, window: int, coeff_dim: int,
+                    portrait: Portrait) -> np.ndarray:
+    """MappingNet input (N, coeff_dim, window): the 70 motion coefficients (`coefficient_windows`), plus, for SadTalker's
+    73-input MappingNet (``mapping_00109``, its `full` mode), the portrait's alignment scale and translation
+    (``align[2:]``) repeated, as SadTalker appends its source's to every frame."""
+    win = coeffs_mod.coefficient_windows(coeffs, centres, window)  # (N, 70, W)
+    if coeff_dim == win.shape[1]:
+        return win
+    if coeff_dim == win.shape[1] + 3 and portrait.align is not None:
+        extra = np.broadcast_to(portrait.align[2:].astype(np.float32)[None, :, None], (len(win), 3, window))
+        return np.ascontiguousarray(np.concatenate([win, extra], axis=1))  # (N, 73, W)
+    raise AnimateError(f"MappingNet reads {coeff_dim} coefficients per frame; animate provides 70 (or 73 with "
+                       f"SadTalker's Deep3DFaceRecon alignment)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,13 +425,13 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
     if crop_scale is None:
         crop_scale = float(m.manifest.get("preprocess", {}).get("crop_scale", DEFAULT_CROP_SCALE))
     portrait = find_portrait(photo, renderer.cfg.image_size, m.basis, name=str(image), face_index=face_index,
-                             crop_scale=crop_scale)
+                             crop_scale=crop_scale, coeff_estimator=m.coeff_estimator)
     torch.manual_seed(seed)
     windows, coeffs = speech_motion(m, wav, portrait.coeffs, pose_style=pose_style, seed=seed)  # (T, 1, 80, 16), (T, 70)
     T = len(coeffs)
-    W = renderer.cfg.mapping.window
+    W, Dm = renderer.cfg.mapping.window, renderer.cfg.mapping.coeff_dim
     with torch.no_grad():
-        src_win = coeffs_mod.coefficient_windows(portrait.coeffs[None], [0], W)  # (1, 70, W): the reference repeated
+        src_win = mapping_windows(portrait.coeffs[None], [0], W, Dm, portrait)  # (1, 70, W): the reference repeated
         source_motion = renderer.map_motion(torch.from_numpy(src_win).to(dev))
     wav = np.pad(wav[:round(T * audio_mod.SAMPLE_RATE / audio_mod.FPS)],
                  (0, max(0, round(T * audio_mod.SAMPLE_RATE / audio_mod.FPS) - len(wav))))  # exactly T frames long
@@ -408,7 +445,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
             e = min(T, s + chunk)
             with torch.no_grad():
                 motion = renderer.map_motion(
-                    torch.from_numpy(coeffs_mod.coefficient_windows(coeffs, range(s, e), W)).to(dev))  # (t, ...)
+                    torch.from_numpy(mapping_windows(coeffs, range(s, e), W, Dm, portrait)).to(dev))  # (t, ...)
             rel = _relation(m.tavc, windows, s, e, dev) if renderer.cerl is not None else None
             part = render(fast if fast is not None else renderer, portrait.face, motion, source_motion=source_motion,
                           relation=rel, batch_size=batch_size, device=dev)  # (t, S, S, 3)

@@ -19,6 +19,7 @@ EXAMPLES_ANIMATE = """example:
   tavce animate --image portrait.jpg --audio speech.wav --out talk.mp4
   tavce animate --image group.png --audio talk.m4a --out talk.mp4 --face-index 1 --paste-back --gif
   tavce animate --image me.webp --audio speech.mp3 --out talk.mp4 --models model.tavce --seed 3 --pose-style 2
+  tavce animate --image me.jpg --audio speech.wav --out talk.mp4 --sadtalker ~/SadTalker   # SadTalker's release
 """
 EXAMPLES_EXPORT = """example:
   tavce export --models models --out model.tavce
@@ -90,7 +91,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_animate(args: argparse.Namespace) -> int:
     from pipeline.animate import animate
 
-    if args.pose_generator is not None:
+    if args.sadtalker is not None:  # SadTalker's released networks; the portrait's coefficients from Deep3DFaceRecon
+        from pipeline.animate import AnimateModels
+        from pipeline.models.sadtalker import SadTalkerReleaseError, load_release
+
+        if args.pose_generator not in (None, "posevae"):
+            raise SystemExit("tavce animate: SadTalker's release has a PoseVAE (--pose-generator posevae)")
+        try:
+            st = load_release(args.sadtalker, size=args.sadtalker_size, image_size=args.render_size)
+        except SadTalkerReleaseError as err:
+            raise SystemExit(f"tavce animate: {err}") from err
+        models: Any = AnimateModels(st.renderer, st.audio2coeff, None, None, st.sources(), coeff_estimator=st.estimator)
+    elif args.pose_generator is not None:
         from pipeline.animate import load_models
 
         loaded = load_models(args.models, expression_basis=args.expression_basis)
@@ -98,7 +110,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         if have != args.pose_generator:
             raise SystemExit(f"tavce animate: --pose-generator {args.pose_generator}, but the Audio2Coeff model in "
                              f"{args.models} was trained with {have}")
-        models: Any = loaded
+        models = loaded
     else:
         models = args.models
     options = None
@@ -159,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="the mp4 to write")
     a.add_argument("--models", default="models",
                    help="a pipeline run's models/ folder or a `tavce export` bundle (default: %(default)s)")
+    a.add_argument("--sadtalker", default=None, metavar="DIR",
+                   help="run SadTalker's released networks instead of --models: its repository root or checkpoints/ "
+                        "folder (README \"SadTalker's release and Deep3DFaceRecon coefficients\")")
+    a.add_argument("--sadtalker-size", type=int, choices=(256, 512), default=256,
+                   help="which SadTalker renderer: 256 (.pth files or the 256 safetensors) or 512 (default: %(default)s)")
+    a.add_argument("--render-size", type=int, default=None,
+                   help="with --sadtalker: render at this side instead of --sadtalker-size (the networks are "
+                        "convolutional; a smaller side is faster and blurrier; a multiple of 128)")
     a.add_argument("--expression-basis", default=None,
                    help="expression basis file (default: <models>/expression_basis.npz or "
                         "<models>/../data/processed/expression_basis.npz)")

@@ -94,6 +94,22 @@ SADTALKER_EXP_RULES = (("audio_encoder.", "audio_encoder."), ("mapping1.", "mapp
 SADTALKER_POSE_RULES = (("audio_encoder.audio_encoder.", "audio_encoder."), ("netG.", "netG."),
                         ("netD_motion.", "netD_motion."))
 SADTALKER_PART_FILES = {"audio2exp": "auido2exp_00300-model.pth", "audio2pose": "auido2pose_00140-model.pth"}
+SADTALKER_COMBINED_FILE = "SadTalker_V0.0.2_256.safetensors"  # holds both parts (and the renderer's, the recon net's)
+
+
+def sadtalker_audio2coeff_source(folder: str | os.PathLike[str]) -> Path:
+    """Where a SadTalker release folder (or its ``checkpoints/``) keeps Audio2Coeff's weights: the folder itself when
+    it holds both part files (`SADTALKER_PART_FILES`), else its combined safetensors. Raises `WeightsError` naming
+    the files looked for."""
+    folder = Path(folder)
+    root = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    if all((root / f).is_file() for f in SADTALKER_PART_FILES.values()):
+        return root
+    if (root / SADTALKER_COMBINED_FILE).is_file():
+        return root / SADTALKER_COMBINED_FILE
+    raise WeightsError(f"{folder}: no SadTalker Audio2Coeff weights (looked for "
+                       f"{' + '.join(str(root / f) for f in SADTALKER_PART_FILES.values())}, or "
+                       f"{root / SADTALKER_COMBINED_FILE})")
 
 
 def sadtalker_parts(state: Mapping[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -112,13 +128,7 @@ def sadtalker_parts(state: Mapping[str, torch.Tensor], source: str) -> dict[str,
 
 
 def _read_any(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:
-            raise WeightsError(f"{path}: reading .safetensors needs the `safetensors` package") from err
-        return dict(load_file(str(path)))
-    return read_weight_file(path, nested_keys=("model",))
+    return read_weight_file(path, nested_keys=("model",))  # .safetensors: flat prefixed keys
 
 
 def load_sadtalker_weights(model: Audio2Coeff, path: str | os.PathLike[str]) -> None:
@@ -127,8 +137,9 @@ def load_sadtalker_weights(model: Audio2Coeff, path: str | os.PathLike[str]) -> 
     Args:
         model: a full-size `Audio2Coeff` with ``pose_generator: posevae``.
         path: SadTalker's combined checkpoint (``SadTalker_V0.0.2_256.safetensors`` or a ``.pth`` state dict with the
-            same ``audio2exp.*`` / ``audio2pose.*`` keys), or the folder holding ``auido2exp_00300-model.pth`` and
-            ``auido2pose_00140-model.pth``.
+            same ``audio2exp.*`` / ``audio2pose.*`` keys), or a release folder (or its ``checkpoints/``) holding
+            ``auido2exp_00300-model.pth`` and ``auido2pose_00140-model.pth``, or the safetensors
+            (`sadtalker_audio2coeff_source`).
 
     SadTalker's coefficients are BFM ones (expression basis, pose units); this project's are the landmark 3DMM's
     (method.md §2), so the loaded networks are a starting point for fine-tuning, not a drop-in predictor.
@@ -136,6 +147,8 @@ def load_sadtalker_weights(model: Audio2Coeff, path: str | os.PathLike[str]) -> 
     if not isinstance(model.pose, PoseVAE):
         raise WeightsError(f"{path}: SadTalker weights need pose_generator `posevae`, not `{model.cfg.pose_generator}`")
     path = Path(path)
+    if path.is_dir():
+        path = sadtalker_audio2coeff_source(path)
     if path.is_dir():
         parts = {name: _read_any(path / fname) for name, fname in SADTALKER_PART_FILES.items()}
     else:

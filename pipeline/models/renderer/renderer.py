@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipeline.checkpoint import WeightsError, load_model, load_state_strict, map_keys
+from pipeline.checkpoint import WeightsError, load_model, load_state_strict, map_keys, read_weight_file
 from pipeline.models.renderer.appearance import AppearanceConfig, AppearanceFeatureExtractor
 from pipeline.models.renderer.blocks import is_power_of_two_divisible
 from pipeline.models.renderer.cerl import CERL, CERLConfig
@@ -276,9 +276,41 @@ def load_renderer(path: str | os.PathLike[str], *, frozen: bool = True, device: 
 # ----------------------------------------------------------------------------------------------------------------
 # SadTalker's public checkpoint
 # ----------------------------------------------------------------------------------------------------------------
+# Files of SadTalker's release (its checkpoints/ folder) this loader reads, in order of preference.
+SADTALKER_RENDERER_FILES = ("facevid2vid_00189-model.pth.tar", "SadTalker_V0.0.2_256.safetensors")
+# MappingNet: 00229 reads 70 coefficients (SadTalker's `crop`/`resize` modes, this pipeline's layout); 00109 reads 73
+# (its `full` mode: the 70 plus the portrait's alignment scale and translation, `pipeline.faces.bfm.Alignment`).
+SADTALKER_MAPPING_FILES = {"mapping_00229-model.pth.tar": 70, "mapping_00109-model.pth.tar": 73}
+
+
+def sadtalker_checkpoint_folder(path: str | os.PathLike[str]) -> Path:
+    """A SadTalker release folder -> the folder holding its checkpoint files (``<path>/checkpoints`` if present)."""
+    path = Path(path)
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def sadtalker_renderer_files(folder: str | os.PathLike[str], coeff_dim: int | None = None
+                             ) -> tuple[Path, Path | None]:
+    """(renderer weights, MappingNet weights or None) in a SadTalker release folder.
+
+    The renderer: ``facevid2vid_00189-model.pth.tar`` (with the head-pose estimator), else the safetensors (without
+    it). MappingNet: the first of `SADTALKER_MAPPING_FILES` present whose input size is `coeff_dim` (any when None).
+    Raises `WeightsError` naming the files looked for."""
+    root = sadtalker_checkpoint_folder(folder)
+    renderer = next((root / f for f in SADTALKER_RENDERER_FILES if (root / f).is_file()), None)
+    if renderer is None:
+        raise WeightsError(f"{folder}: no SadTalker renderer weights (looked for "
+                           f"{' or '.join(str(root / f) for f in SADTALKER_RENDERER_FILES)})")
+    mapping = next((root / f for f, dim in SADTALKER_MAPPING_FILES.items()
+                    if (root / f).is_file() and coeff_dim in (None, dim)), None)
+    return renderer, mapping
+
+
 def _read_nested(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: SadTalker checkpoint not found")
+    if path.suffix == ".safetensors":  # flat prefixed keys: generator.*, kp_extractor.*, (no he_estimator), ...
+        return dict(read_weight_file(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for unreadable files
@@ -315,7 +347,10 @@ def load_sadtalker_renderer(renderer: Renderer, path: str | os.PathLike[str], ma
     Args:
         renderer: a Renderer at SadTalker's shapes (the default RendererConfig).
         path: ``facevid2vid_00189-model.pth.tar`` (top-level dicts 'generator', 'kp_detector', 'he_estimator';
-            'discriminator' and optimizer states are ignored) or a flat dict with those prefixes.
+            'discriminator' and optimizer states are ignored) or a flat dict with those prefixes, or SadTalker's
+            ``SadTalker_V0.0.2_256.safetensors`` (flat ``generator.*``, ``kp_extractor.*``; no head-pose estimator),
+            or a release folder (`sadtalker_renderer_files` picks the files, MappingNet's included when
+            `mapping_path` is None and the renderer has one).
         mapping: optional MappingNet to load from the 'mapping' dict of `mapping_path` (SadTalker's
             ``mapping_00229-model.pth.tar``), or of `path` when `mapping_path` is None.
     Returns:
@@ -325,6 +360,15 @@ def load_sadtalker_renderer(renderer: Renderer, path: str | os.PathLike[str], ma
             he_estimator entry loads the rest and leaves the (training-only) estimator as it is, with a warning.
     """
     path = Path(path)
+    if path.is_dir():
+        target_map = mapping if mapping is not None else renderer.mapping
+        path, found_mapping = sadtalker_renderer_files(
+            path, target_map.cfg.coeff_dim if target_map is not None else None)
+        if mapping_path is None and target_map is not None:
+            if found_mapping is None:
+                raise WeightsError(f"{path.parent}: no MappingNet weights for {target_map.cfg.coeff_dim} coefficients "
+                                   f"(looked for {', '.join(SADTALKER_MAPPING_FILES)})")
+            mapping_path = found_mapping
     flat = _flatten_parts(_read_nested(path), SADTALKER_PARTS, path)
     if not any(k.startswith("generator.") for k in flat):
         raise WeightsError(f"{path}: no 'generator' weights (top-level keys must include {list(SADTALKER_PARTS)})")
