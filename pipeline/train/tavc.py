@@ -32,6 +32,7 @@ from pipeline.models.tavc import CHECKPOINT_KIND, TAVC, TAVCConfig, load_pretrai
 from pipeline.tracking import Tracker
 from pipeline.train.common import (History, LRSchedule, fingerprint, restore, resumable, scheduled_lr,
                                    torch_threads)
+from pipeline.train.distributed import Distributed
 from pipeline.viz import plot_curves
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,10 @@ def evaluate(model: TAVC, data: TAVCEvalSet, batch_size: int = 64) -> tuple[np.n
     model.eval()
     pos, neg = [], []
     for s in range(0, len(data.mel), batch_size):
-        f_a, f_v = model(data.mel[s:s + batch_size], data.roi[s:s + batch_size])  # (b, 2, D), (b, 3, D)
-        pos.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 1]))
-        neg.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 2]))
+        dev = next(model.parameters()).device
+        f_a, f_v = model(data.mel[s:s + batch_size].to(dev), data.roi[s:s + batch_size].to(dev))  # (b,2,D),(b,3,D)
+        pos.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 1]).cpu())
+        neg.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 2]).cpu())
     model.train(was_training)
     return torch.cat(pos).numpy().astype(np.float64), torch.cat(neg).numpy().astype(np.float64)
 
@@ -170,7 +172,8 @@ def summarize(pos: np.ndarray, neg: np.ndarray, clip_ids: np.ndarray, n_boot: in
 
 
 def train_tavc(cfg: TrainTAVCConfig, seed: int, *, processed: str | os.PathLike[str], out: str | os.PathLike[str],
-               reports: str | os.PathLike[str], tracker: Tracker, progress: bool = True) -> TAVCRunResult:
+               reports: str | os.PathLike[str], tracker: Tracker, progress: bool = True,
+               dist: Distributed | None = None) -> TAVCRunResult | None:
     """Train (or resume, or reuse) the TAVC metric, evaluate it on the held-out speakers and write the report.
 
     Args:
@@ -183,11 +186,15 @@ def train_tavc(cfg: TrainTAVCConfig, seed: int, *, processed: str | os.PathLike[
         reports: report folder: metrics.json, heldout_samples.csv, curves.png, similarity_hist.png.
         tracker: receives per-step losses, held-out curves and the training time.
         progress: show a tqdm bar.
+        dist: this process's place in a torchrun run (None: one plain process); ranks other than 0 train their
+            share of every batch and return None.
 
     Runs with ``cfg.threads`` torch threads (restored afterwards) when it is not 0.
     """
     with torch_threads(cfg.threads):
-        run = _train_tavc(Path(processed), Path(out), cfg, seed, tracker, progress)
+        run = _train_tavc(Path(processed), Path(out), cfg, seed, tracker, progress, dist or Distributed())
+    if run is None:
+        return None
     tracker.log_metrics({"train/seconds": run.seconds})
     write_report(run, reports)
     return run
@@ -206,8 +213,9 @@ def write_report(run: TAVCRunResult, reports: str | os.PathLike[str]) -> None:
 
 
 def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tracker: Tracker,
-                progress: bool) -> TAVCRunResult:
+                progress: bool, dist: Distributed) -> TAVCRunResult | None:
     cfg.validate()
+    dist.check_batch(cfg.batch_size, "train_tavc.batch_size")
     min_frames = min_clip_frames(cfg.tau)
     train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, min_frames)
 
@@ -215,13 +223,15 @@ def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tra
     ckpt_path = out / "checkpoint.pt"
     seed_everything(seed)
     model = TAVC(cfg.model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
+    if state is None:
+        load_pretrained(model, audio=cfg.weights.audio, visual=cfg.weights.visual)
+    model, = dist.prepare(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     if state is not None:
         start, history = restore(state, model, optimizer, str(ckpt_path))
         log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
     else:
-        load_pretrained(model, audio=cfg.weights.audio, visual=cfg.weights.visual)
         start, history = 0, History()
 
     t0 = time.perf_counter()
@@ -231,6 +241,8 @@ def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tra
              f"{count_parameters(model):,}")
 
     def eval_curve(step: int) -> None:
+        if not dist.is_main:
+            return
         pos, neg = evaluate(model, eval_set)
         row = {"heldout_pos": float(pos.mean()), "heldout_neg": float(neg.mean()),
                "heldout_ratio": float(pos.mean() / max(neg.mean(), 1e-12))}
@@ -238,6 +250,8 @@ def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tra
         tracker.log_metrics({k.replace("heldout_", "heldout/"): v for k, v in row.items()}, step=step)
 
     def checkpoint(step: int) -> None:
+        if not dist.is_main:
+            return
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=optimizer, step=step,
                         fingerprint=fp, extra={"history": history.rows, "seed": seed})
@@ -247,24 +261,27 @@ def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tra
         if start == 0 and cfg.eval_every:
             eval_curve(0)
         dataset = TAVCDataset(train_clips, seed, cfg.tau, cfg.augment, cfg.roi_cache_mb, cfg.prefetch_frames)
-        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
+        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers, span=dist.span(cfg.batch_size))
         loss_fn = TAVCLoss(cfg.alpha)
         model.train()
         window: list[tuple[float, float, float]] = []
         t_train = time.perf_counter()
         bar = tqdm(loader, total=cfg.steps, initial=start, desc="train_tavc", disable=not progress, unit="step")
         for step, batch in enumerate(bar, start=start + 1):  # `step` = optimizer steps done after this batch
-            f_a, f_v = model(batch["mel"], batch["roi"])  # (B, 2, D), (B, 3, D)
+            with dist.autocast():
+                f_a, f_v = model(batch["mel"].to(dist.device), batch["roi"].to(dist.device))  # (B,2,D), (B,3,D)
+            f_a, f_v = f_a.float(), f_v.float()  # the similarities and the loss in fp32
             res = loss_fn(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 1], f_v[:, 2])
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step - 1)
             optimizer.zero_grad(set_to_none=True)
-            res.loss.backward()
-            optimizer.step()
+            dist.backward(res.loss, optimizer)
+            dist.step(optimizer)
 
             window.append((res.loss.item(), res.pos.mean().item(), res.neg.mean().item()))
             if step % cfg.log_every == 0 or step == cfg.steps:
-                loss, pos, neg = np.mean(window, axis=0)
+                means = dist.mean_values(dict(zip(("loss", "pos", "neg"), np.mean(window, axis=0))))
+                loss, pos, neg = means["loss"], means["pos"], means["neg"]
                 window.clear()
                 history.add(step, loss=loss, train_pos=pos, train_neg=neg)
                 tracker.log_metrics({"train/loss": loss, "train/pos_sim": pos, "train/neg_sim": neg}, step=step)
@@ -279,6 +296,9 @@ def _train_tavc(processed: Path, out: Path, cfg: TrainTAVCConfig, seed: int, tra
         train_seconds = time.perf_counter() - t_train
     else:
         log.info("%s is complete (step %d): evaluating only", ckpt_path, start)
+    dist.barrier()  # the final checkpoint is written before any rank leaves
+    if not dist.is_main:
+        return None
 
     pos, neg = evaluate(model, eval_set)
     heldout = summarize(pos, neg, eval_set.clip_ids, cfg.bootstrap, seed)
