@@ -173,3 +173,20 @@ def test_train_tavc_two_ranks_match_one_process(processed_corpus: Path, tmp_path
     two = run_stage("train_tavc", params, processed_corpus, tmp_path / "two", 2)
     other = _write_params(tmp_path, "train_tavc", replace(cfg, batch_size=2), processed_corpus)
     assert_close(one, two, run_stage("train_tavc", other, processed_corpus, tmp_path / "other", 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train_syncers (7 syncers trained one after another with one AdamW: only the current one has gradients)
+# ----------------------------------------------------------------------------------------------------------------
+def test_train_syncers_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Path) -> None:
+    from pipeline.train.syncers import OffsetEvalConfig
+    from tests.test_syncers import TINY
+
+    cfg = replace(TINY, pyramid=replace(TINY.pyramid, steps=3), rigid=replace(TINY.rigid, steps=3), log_every=1,
+                  eval_every=0, checkpoint_every=3, eval_samples=8,
+                  evaluation=OffsetEvalConfig(sequence_frames=40, stride_frames=40, vshift=3, random_draws=1))
+    params = _write_params(tmp_path, "train_syncers", cfg, processed_corpus)
+    one = run_stage("train_syncers", params, processed_corpus, tmp_path / "one", 1)
+    two = run_stage("train_syncers", params, processed_corpus, tmp_path / "two", 2)
+    other = _write_params(tmp_path, "train_syncers", replace(cfg, batch_size=4), processed_corpus)
+    assert_close(one, two, run_stage("train_syncers", other, processed_corpus, tmp_path / "other", 2))

@@ -278,7 +278,7 @@ TINY = TrainSyncersConfig(
     rigid=RigidConfig(levels=3, steps=60, negatives=1, min_offset=2, margin=0.2, padding_negative=True),
     evaluation=OffsetEvalConfig(sequence_frames=40, stride_frames=20, vshift=5, random_draws=2),
     window=5, batch_size=8, lr=3.0e-3, weight_decay=1.0e-4, train_splits=("train",), eval_splits=("val", "test"),
-    eval_samples=32, log_every=10, eval_every=30, checkpoint_every=30, workers=0, threads=1, device="cpu")
+    eval_samples=32, log_every=10, eval_every=30, checkpoint_every=30, workers=0, threads=1)
 
 
 class Interrupt(RuntimeError):

@@ -52,6 +52,7 @@ from pipeline.models.syncer import CHECKPOINT_KIND, Syncer, SyncerConfig
 from pipeline.pyramid import level_windows
 from pipeline.tracking import Tracker
 from pipeline.train.common import History, fingerprint, restore, resumable, torch_threads
+from pipeline.train.distributed import Distributed
 from pipeline.viz import plot_curves
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,6 @@ class TrainSyncersConfig:
     checkpoint_every: int = 500
     workers: int = 0  # DataLoader workers (windows are cut from in-memory arrays: 0 is fastest)
     threads: int = 1  # torch intra-op threads while training (0 = leave torch's default); tiny nets: 1 is fastest
-    device: str = "cpu"  # torch device of the syncers (cpu | cuda | cuda:N)
 
     def validate(self) -> None:
         if not 1 <= self.rigid.levels <= self.pyramid.levels:
@@ -190,9 +190,9 @@ def syncer_config(cfg: TrainSyncersConfig, family: str) -> SyncerConfig:
 
 def training_part(cfg: TrainSyncersConfig) -> dict[str, Any]:
     """The config keys that change the trained weights or their curves (what the resume fingerprint covers):
-    evaluation-only keys, the worker count (batches do not depend on it), threads and device are left out."""
+    evaluation-only keys, the worker count (batches do not depend on it) and threads are left out."""
     d = to_dict(cfg)
-    for key in ("evaluation", "eval_samples", "workers", "threads", "device"):
+    for key in ("evaluation", "eval_samples", "workers", "threads"):
         d.pop(key)
     return d
 
@@ -243,7 +243,7 @@ def window_accuracy(syncer: Syncer, loss_fn: nn.Module, batch: tuple[torch.Tenso
 
 def train_syncers(cfg: TrainSyncersConfig, seed: int, *, processed: str | os.PathLike[str],
                   out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
-                  progress: bool = True) -> SyncersResult:
+                  progress: bool = True, dist: Distributed | None = None) -> SyncersResult | None:
     """Train (or resume, or reuse) the 7 syncers into ``out/checkpoint.pt``, evaluate them held-out, write the report.
 
     Args:
@@ -254,11 +254,15 @@ def train_syncers(cfg: TrainSyncersConfig, seed: int, *, processed: str | os.Pat
             digest) matches, and reused without training when it is complete.
         reports: report folder: metrics.json, history.json, offsets.png (MS-Sync Table 2 as box plots), curves.png.
         tracker: receives per-step losses, held-out accuracies and the training time.
+        dist: this process's place in a torchrun run (None: one plain process; its device is `common.device`);
+            ranks other than 0 train their share of every batch and return None.
 
     Runs with ``cfg.threads`` torch threads (restored afterwards) when it is not 0.
     """
     with torch_threads(cfg.threads):
-        result = _train_syncers(Path(processed), Path(out), cfg, seed, tracker, progress)
+        result = _train_syncers(Path(processed), Path(out), cfg, seed, tracker, progress, dist or Distributed())
+    if result is None:
+        return None
     tracker.log_metrics({"train/seconds": result.seconds})
     write_report(result, cfg, reports)
     return result
@@ -279,7 +283,8 @@ def write_report(result: SyncersResult, cfg: TrainSyncersConfig, reports: str | 
 
 
 def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed: int, tracker: Tracker,
-                   progress: bool) -> SyncersResult:
+                   progress: bool, dist: Distributed) -> SyncersResult | None:
+    dist.check_batch(cfg.batch_size, "train_syncers.batch_size")
     ckpt_path = out_dir / "checkpoint.pt"
     specs = syncer_specs(cfg)
     min_frames = 2 ** (cfg.pyramid.levels - 1) * (cfg.window - 1) + 1
@@ -292,7 +297,7 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
 
     fp = fingerprint(training_part(cfg), seed, file_digest(processed / "manifest.parquet"))
     seed_everything(seed)
-    model = build_syncers(cfg).to(cfg.device)
+    model, = dist.prepare(build_syncers(cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = sum(s.steps for s in specs)
     start, history = 0, History()
@@ -303,6 +308,8 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
             log.info("resuming %s at step %d of %d", ckpt_path, start, total)
 
     def save(step: int) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=optimizer, step=step,
                         fingerprint=fp, extra={"history": history.rows, "seed": seed,
                                                "syncers": {s.name: to_dict(model[s.name].cfg) for s in specs},
@@ -321,13 +328,16 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
                                                  spec.min_offset, spec.negatives_from, seed + 1),
                                    min(cfg.eval_samples, 256))
         train_phase(model[spec.name], spec, make_loss(spec, cfg), optimizer, train_set, held_out, cfg,
-                    max(start, begin), begin, end, tracker, history, save, progress)
+                    max(start, begin), begin, end, tracker, history, save, progress and dist.is_main, dist)
     trained = max(0, total - start)
     seconds = time.perf_counter() - t0 if trained else 0.0
     if trained:
         log.info("trained %d steps in %.0f s", trained, seconds)
     else:
         log.info("%s is complete (%d steps): evaluating only", ckpt_path, total)
+    dist.barrier()  # the final checkpoint is written before any rank leaves
+    if not dist.is_main:
+        return None
 
     metrics, offsets = evaluate_syncers(model, cfg, specs, streams, seed)
     metrics["parameters"] = {s.name: count_parameters(model[s.name]) for s in specs}
@@ -339,32 +349,34 @@ def _train_syncers(processed: Path, out_dir: Path, cfg: TrainSyncersConfig, seed
 def train_phase(syncer: Syncer, spec: SyncerSpec, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 dataset: SyncerWindows, held_out: tuple[torch.Tensor, torch.Tensor], cfg: TrainSyncersConfig,
                 start: int, begin: int, end: int, tracker: Tracker, history: History,
-                save: Callable[[int], None], progress: bool) -> None:
+                save: Callable[[int], None], progress: bool, dist: Distributed | None = None) -> None:
     """The loop of one syncer: global steps [start, end) of its phase [begin, end). Step s trains on the keys
-    ``(s, slot)``; the checkpoint's step counts completed steps (s + 1)."""
+    ``(s, slot)`` (this rank's slots of them under torchrun); the checkpoint's step counts completed steps (s + 1)."""
+    dist = dist or Distributed()
     syncer.train()
-    loader = step_loader(dataset, cfg.batch_size, start, end, cfg.workers)
+    loader = step_loader(dataset, cfg.batch_size, start, end, cfg.workers, span=dist.span(cfg.batch_size))
     bar = tqdm(loader, total=end - start, desc=f"{spec.name} ({spec.loss}, level {spec.level})", disable=not progress,
                initial=0, leave=False)
     dev = next(syncer.parameters()).device
     for s, (audio, motion) in zip(range(start, end), bar):
-        scores = syncer(audio.to(dev), motion.to(dev))  # (B, 1 + N)
+        with dist.autocast():
+            scores = syncer(audio.to(dev), motion.to(dev)).float()  # (B, 1 + N)
         loss = loss_fn(scores)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        dist.backward(loss, optimizer)
+        dist.step(optimizer)
 
         done, local = s + 1, s + 1 - begin
         if local % cfg.log_every == 0 or done == end:
             acc = float((scores.detach().argmax(dim=1) == 0).float().mean())
-            row = {f"{spec.name}_loss": float(loss.detach()), f"{spec.name}_acc": acc}
-            if (cfg.eval_every and local % cfg.eval_every == 0) or done == end:
+            row = dist.mean_values({f"{spec.name}_loss": float(loss.detach()), f"{spec.name}_acc": acc})
+            if ((cfg.eval_every and local % cfg.eval_every == 0) or done == end) and dist.is_main:
                 syncer.eval()
                 row[f"{spec.name}_val_acc"], row[f"{spec.name}_val_loss"] = window_accuracy(syncer, loss_fn, held_out)
                 syncer.train()
             history.add(done, **row)
             tracker.log_metrics(row, step=done)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.2f}")
+            bar.set_postfix(loss=f"{row[f'{spec.name}_loss']:.3f}", acc=f"{row[f'{spec.name}_acc']:.2f}")
         if done % cfg.checkpoint_every == 0 or done == end:
             save(done)
     bar.close()
