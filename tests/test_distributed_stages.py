@@ -190,3 +190,37 @@ def test_train_syncers_two_ranks_match_one_process(processed_corpus: Path, tmp_p
     two = run_stage("train_syncers", params, processed_corpus, tmp_path / "two", 2)
     other = _write_params(tmp_path, "train_syncers", replace(cfg, batch_size=4), processed_corpus)
     assert_close(one, two, run_stage("train_syncers", other, processed_corpus, tmp_path / "other", 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train_audio2coeff (GAN: generator and discriminator optimisers, PoseVAE noise drawn per global batch)
+# ----------------------------------------------------------------------------------------------------------------
+def _syncers(path: Path) -> Path:
+    """A random-weight train_syncers checkpoint (as tests/test_audio2coeff_train.py's fixture makes)."""
+    from torch import nn
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.models.syncer import CHECKPOINT_KIND, Syncer, SyncerConfig
+
+    torch.manual_seed(0)
+    cfgs = {f"ms{i}": SyncerConfig(motion_channels=136, hidden=4, embed_dim=8) for i in (1, 2)}
+    cfgs |= {f"rigid{i}": SyncerConfig(motion_channels=62, hidden=4, embed_dim=8) for i in (1, 2, 3)}
+    model = nn.ModuleDict({k: Syncer(c) for k, c in cfgs.items()})
+    save_checkpoint(path, kind=CHECKPOINT_KIND, config={}, model=model, optimizer=None, step=0,
+                    extra={"syncers": {k: to_dict(c) for k, c in cfgs.items()}})
+    return path
+
+
+@pytest.mark.parametrize("pose_generator", ["posevae", "ms_sync"])
+def test_train_audio2coeff_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Path,
+                                                       pose_generator: str) -> None:
+    from tests.test_audio2coeff_train import tiny_config
+
+    syncers = _syncers(tmp_path / "syncers.pt")
+    cfg = replace(tiny_config(pose_generator, steps=3), batch_size=4, eval_every=0, checkpoint_every=3)
+    params = _write_params(tmp_path, "train_audio2coeff", cfg, processed_corpus)
+    extra = ("--syncers", str(syncers))
+    one = run_stage("train_audio2coeff", params, processed_corpus, tmp_path / "one", 1, *extra)
+    two = run_stage("train_audio2coeff", params, processed_corpus, tmp_path / "two", 2, *extra)
+    other = _write_params(tmp_path, "train_audio2coeff", replace(cfg, batch_size=2), processed_corpus)
+    assert_close(one, two, run_stage("train_audio2coeff", other, processed_corpus, tmp_path / "other", 2, *extra))

@@ -62,6 +62,7 @@ from pipeline.models.syncer import Syncer, load_syncers
 from pipeline.pyramid import build_pyramid
 from pipeline.tracking import Tracker
 from pipeline.train.common import History, LRSchedule, fingerprint, restore, resumable, scheduled_lr, torch_threads
+from pipeline.train.distributed import Distributed
 from pipeline.train.syncers import compare_offsets, sequence_offset
 from pipeline.viz import draw_landmarks, plot_curves
 
@@ -147,7 +148,6 @@ class TrainAudio2CoeffConfig:
     checkpoint_every: int = 1000
     workers: int = 0
     threads: int = 1
-    device: str = "cpu"
 
     def validate(self) -> None:
         for name in ("steps", "eval_every", "workers", "threads"):
@@ -177,7 +177,7 @@ class TrainAudio2CoeffConfig:
 def training_part(cfg: TrainAudio2CoeffConfig) -> dict[str, Any]:
     """What the resume fingerprint covers: everything but evaluation and run-environment keys."""
     d = to_dict(cfg)
-    for key in ("evaluation", "eval_every", "workers", "threads", "device"):
+    for key in ("evaluation", "eval_every", "workers", "threads"):
         d.pop(key)
     return d
 
@@ -210,8 +210,17 @@ def load_experts(path: str | os.PathLike[str], device: str = "cpu") -> Experts:
 # ----------------------------------------------------------------------------------------------------------------
 def train_step(model: Audio2Coeff, lm3dmm: CoeffLandmarks, experts: Experts | None, batch: dict[str, torch.Tensor],
                cfg: TrainAudio2CoeffConfig, noise: torch.Tensor, opt_g: torch.optim.Optimizer,
-               opt_d: torch.optim.Optimizer) -> dict[str, float]:
-    """A generator step, then a discriminator step on the same (detached) generated poses; returns the losses."""
+               opt_d: torch.optim.Optimizer, dist: Distributed | None = None) -> dict[str, float]:
+    """A generator step, then a discriminator step on the same (detached) generated poses; returns the losses.
+    `dist`: gradient averaging over torchrun ranks and the autocast precision (None: one plain fp32 process)."""
+    dist = dist or Distributed()
+    with dist.autocast():
+        return _train_step(model, lm3dmm, experts, batch, cfg, noise, opt_g, opt_d, dist)
+
+
+def _train_step(model: Audio2Coeff, lm3dmm: CoeffLandmarks, experts: Experts | None, batch: dict[str, torch.Tensor],
+                cfg: TrainAudio2CoeffConfig, noise: torch.Tensor, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer, dist: Distributed) -> dict[str, float]:
     w, b = cfg.loss_weights, batch
     coeffs = b["coeffs"]  # (B, W, 70)
     mean, std = model.pose_mean, model.pose_std
@@ -255,8 +264,8 @@ def train_step(model: Audio2Coeff, lm3dmm: CoeffLandmarks, experts: Experts | No
         logs["ms_sync"] = experts.pyramid(b["fbank"], syncer_motion(lm, b["point_mean"], b["iod"]))
         total = total + cfg.ms_sync.weight * logs["ms_sync"]
     opt_g.zero_grad(set_to_none=True)
-    total.backward()
-    opt_g.step()
+    dist.backward(total, opt_g)
+    dist.step(opt_g)
 
     # discriminator step (the generator's parameters get no gradient here)
     if isinstance(model.pose, PoseVAE):
@@ -267,8 +276,8 @@ def train_step(model: Audio2Coeff, lm3dmm: CoeffLandmarks, experts: Experts | No
         d_loss = hinge_discriminator_loss(model.pose.frame_disc(real_seq[:, 1:]), model.pose.frame_disc(fake[:, 1:])) \
             + hinge_discriminator_loss(model.pose.window_disc(real_seq), model.pose.window_disc(fake))  # MS-Sync Eq. 15
     opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
+    dist.backward(d_loss, opt_d)
+    dist.step(opt_d)
     return {**{k: float(v.detach()) for k, v in logs.items()}, "total": float(total.detach()),
             "gan_d": float(d_loss.detach())}
 
@@ -294,13 +303,14 @@ def build_model(cfg: TrainAudio2CoeffConfig) -> Audio2Coeff:
     return model
 
 
-def _to_device(batch: dict[str, Any], dev: str) -> dict[str, torch.Tensor]:
+def _to_device(batch: dict[str, Any], dev: str | torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).to(dev) for k, v in batch.items()}
 
 
 def train_audio2coeff(cfg: TrainAudio2CoeffConfig, seed: int, *, processed: str | os.PathLike[str],
                       out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
-                      progress: bool = True, syncers: str | os.PathLike[str]) -> Audio2CoeffResult:
+                      progress: bool = True, syncers: str | os.PathLike[str],
+                      dist: Distributed | None = None) -> Audio2CoeffResult | None:
     """Train (or resume, or re-evaluate) Audio2Coeff into ``out/checkpoint.pt``; evaluate held-out; write the report.
 
     Args:
@@ -311,9 +321,14 @@ def train_audio2coeff(cfg: TrainAudio2CoeffConfig, seed: int, *, processed: str 
         reports: metrics.json, history.json, curves.png, mouth_opening.png, pose.png, heldout.mp4.
         tracker: receives the losses, the held-out lip figures and the training time.
         syncers: the ``train_syncers`` checkpoint (lip expert, multi-scale loss pyramid, rigid metric).
+        dist: this process's place in a torchrun run (None: one plain process; its device is `common.device`);
+            ranks other than 0 train their share of every batch and return None.
     """
     with torch_threads(cfg.threads):
-        result = _train(Path(processed), Path(out), Path(syncers), cfg, seed, tracker, progress, Path(reports))
+        result = _train(Path(processed), Path(out), Path(syncers), cfg, seed, tracker, progress, Path(reports),
+                        dist or Distributed())
+    if result is None:
+        return None
     tracker.log_metrics({"train/seconds": result.seconds})
     tracker.set_tags({"lip_expert": result.metrics["lip_expert"],
                       "pose_generator": cfg.model.pose_generator,
@@ -322,7 +337,8 @@ def train_audio2coeff(cfg: TrainAudio2CoeffConfig, seed: int, *, processed: str 
 
 
 def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2CoeffConfig, seed: int,
-           tracker: Tracker, progress: bool, reports: Path) -> Audio2CoeffResult:
+           tracker: Tracker, progress: bool, reports: Path, dist: Distributed) -> Audio2CoeffResult | None:
+    dist.check_batch(cfg.batch_size, "train_audio2coeff.batch_size")
     ckpt_path = out_dir / "checkpoint.pt"
     basis = ExpressionBasis.load(processed / "expression_basis.npz")
     train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, cfg.window,
@@ -335,7 +351,7 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
     held_out = load_motion_clips(eval_clips, basis, {})
     log.info("audio2coeff: %d train clips (%d speakers), %d held-out clips, pose generator %s, ms_sync.weight %g",
              len(train_set), len(styles), len(held_out), cfg.model.pose_generator, cfg.ms_sync.weight)
-    experts = load_experts(syncers_path, cfg.device)
+    experts = load_experts(syncers_path, str(dist.device))
     levels, win = len(experts.pyramid.syncers), experts.ms1.cfg.window
     if cfg.ms_sync.weight > 0 and cfg.window < 2 ** (levels - 1) * (win - 1) + 1:
         raise ValueError(f"model.posevae.seq_len {cfg.model.seq_len}: windows of {cfg.window} frames are too short for "
@@ -347,8 +363,7 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
     seed_everything(seed)
     model = build_model(cfg)
     model.set_pose_statistics(*pose_statistics(train_set))
-    model.to(cfg.device)
-    lm3dmm = CoeffLandmarks(basis).to(cfg.device)
+    model, lm3dmm = dist.prepare(model, CoeffLandmarks(basis))
     opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr_discriminator, betas=cfg.betas)
     start, history = 0, History()
@@ -360,6 +375,8 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
             log.info("resuming %s at step %d of %d", ckpt_path, start, cfg.steps)
 
     def save(step: int) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=model, optimizer=opt_g, step=step,
                         fingerprint=fp, extra={"history": history.rows, "seed": seed, "styles": styles,
                                                "optimizer_d": opt_d.state_dict(), "lip_expert": LIP_EXPERT})
@@ -368,7 +385,8 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
     t0 = time.perf_counter()
     if start < cfg.steps:
         dataset = Audio2CoeffWindows(train_set, cfg.window, seed)
-        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
+        first, stop = span = dist.span(cfg.batch_size)
+        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers, span=span)
         bar = tqdm(loader, total=cfg.steps - start, desc="audio2coeff", disable=not progress, leave=False)
         model.train()
         for s, batch in zip(range(start, cfg.steps), bar):
@@ -376,12 +394,13 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
                 for group in opt.param_groups:
                     group["lr"] = scheduled_lr(lr, s, cfg.steps, cfg.lr_schedule)
             noise = torch.randn(cfg.batch_size, cfg.model.posevae.latent, generator=sample_generator(seed, s))
-            losses = train_step(model, lm3dmm, experts, _to_device(batch, cfg.device), cfg, noise.to(cfg.device),
-                                opt_g, opt_d)
+            losses = train_step(model, lm3dmm, experts, _to_device(batch, dist.device), cfg,
+                                noise[first:stop].to(dist.device), opt_g, opt_d, dist)
+            losses = dist.mean_values(losses)
             done = s + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 row = {f"train/{k}": v for k, v in losses.items()}
-                if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                if ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps) and dist.is_main:
                     quick = lip_figures(model, held_out, basis, mean_expr)
                     row |= {"val/mouth_r": quick["mouth_r"], "val/mouth_lmd": quick["mouth_lmd"]}
                     model.train()
@@ -399,6 +418,9 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
         log.info("%s is complete (%d steps): evaluating only", ckpt_path, cfg.steps)
     if cfg.steps == 0:
         save(0)
+    dist.barrier()  # the final checkpoint is written before any rank leaves
+    if not dist.is_main:
+        return None
 
     model.eval()
     metrics, traces, videos = evaluate(model, held_out, train_set, basis, experts, cfg, seed)
