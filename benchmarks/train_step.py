@@ -61,7 +61,7 @@ def _timed(step, device: torch.device, warmup: int, steps: int) -> tuple[float, 
 
 
 def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, steps: int) -> dict:
-    cfg = dataclasses.replace(cfg, device=str(device), gan_start=0)
+    cfg = dataclasses.replace(cfg, gan_start=0)
     torch.manual_seed(0)
     tavc = TAVC(TAVCConfig(embed_dim=cfg.model.cerl.relation_dim, audio_width=1.0)).eval().requires_grad_(False) \
         if cfg.model.cerl.enabled else None

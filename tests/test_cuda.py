@@ -3,7 +3,6 @@ call on CUDA, each compared with the same computation on the CPU."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ def _trainer(device: str):
 
     torch.manual_seed(0)
     tavc = TAVC(TINY_TAVC).eval().requires_grad_(False)
-    return RendererTrainer(dataclasses.replace(_cfg(), device=device), 0, tavc, None, torch.device(device))
+    return RendererTrainer(_cfg(), 0, tavc, None, torch.device(device))
 
 
 def test_renderer_training_step_on_cuda_matches_cpu() -> None:

@@ -293,11 +293,12 @@ class RandomTransform:
         batch_size: B, one warp per row.
         generator: torch generator that draws the warp (seeded by the caller: reproducible).
         cfg: noise levels and control grid.
+        rows: keep only rows [first, stop) of the B drawn warps (a torchrun rank's share of the global batch).
     """
 
-    def __init__(self, batch_size: int, generator: torch.Generator, cfg: TransformConfig = TransformConfig()) -> None:
+    def __init__(self, batch_size: int, generator: torch.Generator, cfg: TransformConfig = TransformConfig(),
+                 rows: tuple[int, int] | None = None) -> None:
         cfg.validate()
-        self.batch_size = batch_size
         noise = torch.randn(batch_size, 2, 3, generator=generator) * cfg.sigma_affine  # (B, 2, 3)
         self.theta = noise + torch.eye(2, 3)  # (B, 2, 3) [A | b]
         self.control_points = coordinate_grid_2d(cfg.points_tps, cfg.points_tps).reshape(-1, 2)  # (P, 2)
@@ -305,6 +306,13 @@ class RandomTransform:
             self.control_params = torch.randn(batch_size, cfg.points_tps**2, generator=generator) * cfg.sigma_tps
         else:
             self.control_params = None  # (B, P) TPS weights, or affine only
+        if rows is not None:  # one rank's rows of the global batch's warps (the draws do not depend on the split)
+            first, stop = rows
+            self.theta = self.theta[first:stop]
+            if self.control_params is not None:
+                self.control_params = self.control_params[first:stop]
+            batch_size = stop - first
+        self.batch_size = batch_size
 
     def warp_coordinates(self, coords: torch.Tensor) -> torch.Tensor:
         """T applied to (B, N, 2) normalised (x, y) coordinates -> (B, N, 2) (differentiable in `coords`)."""

@@ -228,6 +228,23 @@ class Distributed:
 # ----------------------------------------------------------------------------------------------------------------
 # BatchNorm over the global batch
 # ----------------------------------------------------------------------------------------------------------------
+class _SumOverRanks(torch.autograd.Function):
+    """Differentiable all-reduce (sum): y = Σ_r x_r on every rank. Rank r's loss reaches every y, so the gradient of
+    the summed loss with respect to x_r is Σ_r' ∂L_r'/∂y: the backward pass is the same all-reduce."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's signature
+        y = x.clone()
+        torch.distributed.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        g = grad.clone()
+        torch.distributed.all_reduce(g)
+        return g
+
+
 class _CrossRankBatchNorm:
     """Mixin put in front of a BatchNorm class by :func:`convert_batchnorm`: in training mode, with a process group
     of several ranks, mean and variance are those of the global batch (two differentiable all-reduces: the sums,
@@ -237,8 +254,7 @@ class _CrossRankBatchNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _SumOverRanks.apply
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()

@@ -54,6 +54,7 @@ from pipeline.models.tavc import TAVC, load_tavc, relationship
 from pipeline.tracking import Tracker
 from pipeline.train.common import (History, LRSchedule, fingerprint, restore, resumable, scheduled_lr,
                                    torch_threads)
+from pipeline.train.distributed import Distributed
 from pipeline.viz import plot_curves, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,6 @@ class TrainRendererConfig:
     workers: int = 1
     cache_mb: int = 512  # per-worker cache of decoded, resized clips
     threads: int = 0  # torch threads while training (0 = torch default)
-    device: str = "cpu"
     # How the head-pose/expression estimator H sees the frames of a step. `joint`: source, driving and the
     # equivariance-warped driving frames in ONE call, so that its BatchNorm layers normalise them with the same
     # statistics and the pose/expression difference between them survives; `separate`: one call per kind, as in the
@@ -181,7 +181,7 @@ def learning_rate(cfg: TrainRendererConfig, step: int) -> float:
 def _fingerprint_config(cfg: TrainRendererConfig) -> TrainRendererConfig:
     # Settings that change neither the batches nor the weights: a run may resume with other values.
     return dataclasses.replace(cfg, workers=0, cache_mb=0, eval_every=0, bootstrap=1, log_every=1, threads=0,
-                               landmark_size=1, device="cpu")
+                               landmark_size=1)
 
 
 def audio_relation(tavc: TAVC | None, mel: torch.Tensor) -> torch.Tensor | None:
@@ -202,13 +202,18 @@ def audio_relation(tavc: TAVC | None, mel: torch.Tensor) -> torch.Tensor | None:
 
 class RendererTrainer:
     """The renderer, its discriminator, the frozen helpers (TAVC, pose teacher, perceptual network) and the two
-    Adam optimizers; :meth:`generator_step` / :meth:`discriminator_step` are one face-vid2vid training step."""
+    Adam optimizers; :meth:`generator_step` / :meth:`discriminator_step` are one face-vid2vid training step.
+
+    `dist` (a torchrun rank, `pipeline.train.distributed`) sets the device, the autocast precision, the rank's rows
+    of each global batch and the gradient averaging; None is one plain fp32 process on `device`."""
 
     def __init__(self, cfg: TrainRendererConfig, seed: int, tavc: TAVC | None,
-                 pose_teacher: torch.nn.Module | None, device: torch.device) -> None:
-        self.cfg, self.seed, self.device = cfg, seed, device
-        self.renderer = Renderer(cfg.model).to(device)
-        self.discriminator = build_discriminator(cfg.model).to(device)
+                 pose_teacher: torch.nn.Module | None, device: torch.device | None = None,
+                 dist: Distributed | None = None) -> None:
+        self.dist = dist or Distributed(device=torch.device(device or "cpu"))
+        self.cfg, self.seed, self.device = cfg, seed, self.dist.device
+        device = self.device
+        self.renderer, self.discriminator = self.dist.prepare(Renderer(cfg.model), build_discriminator(cfg.model))
         self.tavc = tavc.to(device) if tavc is not None else None
         self.pose_teacher = pose_teacher.to(device) if pose_teacher is not None else None
         self.perceptual = PerceptualPyramidLoss(cfg.perceptual).to(device)
@@ -234,12 +239,14 @@ class RendererTrainer:
         src = batch["source"].to(self.device)  # (B, 3, H, W)
         drv = batch["driving"].to(self.device)  # (B, 3, H, W)
         r = self.renderer
-        b = src.shape[0]
         kp_c = r.canonical_keypoints(src)  # (B, K, 3)
         transform = None
         if self.w.equivariance > 0 and self.from_images:
-            # the random warp of step `step` is a function of (seed, step): a resumed run draws the same ones
-            transform = RandomTransform(b, sample_generator(self.seed, step), self.cfg.transform)
+            # the random warps of step `step` are a function of (seed, step): a resumed run draws the same ones; under
+            # torchrun each rank keeps its rows of the global batch's warps
+            rows = self.dist.span(self.cfg.batch_size) if self.dist.active else None
+            transform = RandomTransform(self.cfg.batch_size if rows else src.shape[0],
+                                        sample_generator(self.seed, step), self.cfg.transform, rows=rows)
         if self.from_images:
             frames = [src, drv] + ([transform.transform_frame(drv)] if transform is not None else [])
             motions = self.estimate_motions(frames)
@@ -325,11 +332,13 @@ class RendererTrainer:
 
     def generator_update(self, batch: dict[str, torch.Tensor], step: int) -> tuple[dict[str, float], torch.Tensor]:
         """One Adam step on the renderer (F, CERL, L, H, G) only; returns the loss values and the prediction."""
-        g = self.generator_step(batch, step)
+        with self.dist.autocast():
+            g = self.generator_step(batch, step)
+            total = weighted_total(g.terms, self.w)
         self.opt_g.zero_grad(set_to_none=True)
-        total = weighted_total(g.terms, self.w)
-        total.backward()  # the GAN term also leaves gradients on D: never applied (cleared before D's own step)
-        self.opt_g.step()
+        # the GAN term also leaves gradients on D: never applied (cleared before D's own step), never averaged
+        self.dist.backward(total, self.opt_g)
+        self.dist.step(self.opt_g)
         weights = self.w.as_dict()
         values = {k: weights[k] * float(v.detach()) for k, v in g.terms.items()}  # weighted, as in the total
         values["generator_total"] = float(total.detach())
@@ -338,11 +347,12 @@ class RendererTrainer:
     def discriminator_update(self, driving: torch.Tensor, prediction: torch.Tensor) -> float:
         """One Adam step on D with the hinge loss: real driving frames vs the (detached) predictions."""
         self.opt_d.zero_grad(set_to_none=True)
-        real = self.discriminator(driving.to(self.device))
-        fake = self.discriminator(prediction.detach())
-        d_loss = discriminator_hinge_loss([o.prediction for o in real], [o.prediction for o in fake])
-        d_loss.backward()
-        self.opt_d.step()
+        with self.dist.autocast():
+            real = self.discriminator(driving.to(self.device))
+            fake = self.discriminator(prediction.detach())
+            d_loss = discriminator_hinge_loss([o.prediction for o in real], [o.prediction for o in fake])
+        self.dist.backward(d_loss, self.opt_d)
+        self.dist.step(self.opt_d)
         return float(d_loss.detach())
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -514,7 +524,8 @@ def save_sample_grid(path: str | os.PathLike[str], data: RendererEvalSet, pred: 
 
 def pretrain_renderer(cfg: TrainRendererConfig, seed: int, *, processed: str | os.PathLike[str],
                       out: str | os.PathLike[str], reports: str | os.PathLike[str], tracker: Tracker,
-                      tavc: str | os.PathLike[str] | None = None, progress: bool = True) -> RendererRunResult:
+                      tavc: str | os.PathLike[str] | None = None, progress: bool = True,
+                      dist: Distributed | None = None) -> RendererRunResult | None:
     """Video-driven renderer pretraining with held-out evaluation and its report.
 
     Args:
@@ -529,11 +540,16 @@ def pretrain_renderer(cfg: TrainRendererConfig, seed: int, *, processed: str | o
         tavc: checkpoint of the trained TAVC metric (its audio encoder gives C^a for CERL); may be None when
             ``model.cerl.enabled`` is false.
         progress: show a tqdm bar.
+        dist: this process's place in a torchrun run (None: one plain process on the CPU; the stage passes
+            `common.device`); ranks other than 0 train their share of every batch and return None.
 
     Sets `cfg.threads` torch threads for the run (restored afterwards).
     """
     with torch_threads(cfg.threads):
-        run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), cfg, seed, tracker, progress)
+        run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), cfg, seed, tracker, progress,
+                                 dist=dist)
+    if run is None:
+        return None
     tracker.log_metrics({"train/seconds": run.seconds})
     tracker.set_tags({"perceptual_extractor": run.metrics["extractors"]["perceptual"]})
     write_report(run, reports)
@@ -555,12 +571,15 @@ def write_report(run: RendererRunResult, reports: str | os.PathLike[str]) -> Non
 
 def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None, out: Path, reports: Path,
                        cfg: TrainRendererConfig, seed: int, tracker: Tracker, progress: bool,
-                       init: Path | None = None, desc: str = "pretrain_renderer") -> RendererRunResult:
+                       init: Path | None = None, desc: str = "pretrain_renderer",
+                       dist: Distributed | None = None) -> RendererRunResult | None:
     """The training run behind `pretrain_renderer` and (with `init`, the pretrained renderer to fine-tune, and
     MappingNet / CAR in `cfg`) TAVCE's audio-driven stage `train` (`pipeline.train.tavce`); `desc` labels the
-    progress bar."""
+    progress bar. `dist`: this process's place in a torchrun run (None: one plain process on the CPU); ranks other
+    than 0 train their share of every batch and return None."""
     cfg.validate()
-    device = torch.device(cfg.device)
+    dist = dist or Distributed()
+    dist.check_batch(cfg.batch_size, f"{desc}.batch_size")
     train_clips, eval_clips = load_split_clips(processed, cfg.train_splits, cfg.eval_splits, 2)
 
     tavc = None
@@ -582,7 +601,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
                      *([file_digest(init)] if init is not None else []))
     ckpt_path = out / "checkpoint.pt"
     seed_everything(seed)
-    trainer = RendererTrainer(cfg, seed, tavc, pose_teacher, device)
+    trainer = RendererTrainer(cfg, seed, tavc, pose_teacher, dist=dist)
     state = resumable(ckpt_path, fp, CHECKPOINT_KIND)
     if state is not None:
         start, history = restore(state, trainer.renderer, trainer.opt_g, str(ckpt_path))
@@ -612,7 +631,9 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
              f"{params['discriminator']:,}", trainer.perceptual.extractor_name,
              _pose_loss_name(cfg, pose_teacher))
 
-    def heldout(step: int, landmarks: bool) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    def heldout(step: int, landmarks: bool) -> tuple[dict[str, np.ndarray], torch.Tensor] | None:
+        if not dist.is_main:
+            return None
         backend = _landmark_backend() if landmarks else None
         try:
             res, pred = evaluate_heldout(trainer, eval_set, cfg.landmark_size, backend)
@@ -628,6 +649,8 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         return res, pred
 
     def checkpoint(step: int) -> None:
+        if not dist.is_main:
+            return
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, config=cfg, model=trainer.renderer,
                         optimizer=trainer.opt_g, step=step, fingerprint=fp,
@@ -641,7 +664,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         dataset = RendererDataset(train_clips, seed, cfg.model.image_size, cfg.cache_mb, augment=cfg.augment,
                                   pair_sampling=cfg.pair_sampling, coeff_window=coeff_window, flip=trainer.from_images,
                                   previous=cfg.loss_weights.car > 0)
-        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers)
+        loader = step_loader(dataset, cfg.batch_size, start, cfg.steps, cfg.workers, span=dist.span(cfg.batch_size))
         trainer.renderer.train()
         trainer.discriminator.train()
         window: list[dict[str, float]] = []
@@ -649,7 +672,7 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         bar = tqdm(loader, total=cfg.steps, initial=start, desc=desc, disable=not progress,
                    unit="step")
         for step, batch in enumerate(bar, start=start + 1):  # `step` = optimizer steps done after this batch
-            window.append(trainer.train_step(batch, step - 1))
+            window.append(dist.mean_values(trainer.train_step(batch, step - 1)))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 keys = sorted({k for row in window for k in row})
                 mean = {k: float(np.mean([row[k] for row in window if k in row])) for k in keys}
@@ -666,6 +689,9 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         train_seconds = time.perf_counter() - t_train
     else:
         log.info("%s is complete (step %d): evaluating only", ckpt_path, start)
+    dist.barrier()  # the final checkpoint is written before any rank leaves
+    if not dist.is_main:
+        return None
 
     t_eval = time.perf_counter()
     res, pred = heldout(cfg.steps, landmarks=True)

@@ -138,7 +138,8 @@ def embed_audio(model: SyncNet, mfcc: np.ndarray, n_windows: int, batch: int) ->
 
 
 def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    first = next(model.parameters(), None)  # a parameter-free model (a test oracle) runs on the CPU
+    return first.device if first is not None else torch.device("cpu")
 
 
 def shuffle_partner(clips: list[SyncClip], i: int) -> int:

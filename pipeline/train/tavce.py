@@ -36,6 +36,7 @@ from pipeline.models.renderer.mapping import MappingConfig
 from pipeline.models.renderer.renderer import CHECKPOINT_KIND, RendererConfig
 from pipeline.tracking import Tracker
 from pipeline.train.common import LRSchedule, torch_threads
+from pipeline.train.distributed import Distributed
 from pipeline.train.renderer import RendererRunResult, TrainRendererConfig, _pretrain_renderer, write_report
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,6 @@ class TrainTAVCEConfig:
     workers: int = 1
     cache_mb: int = 512
     threads: int = 0
-    device: str = "cpu"
 
     def validate(self) -> None:
         if self.car.weight < 0:
@@ -135,7 +135,7 @@ def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig,
         gan_start=cfg.gan_start, augment=cfg.augment, train_splits=cfg.train_splits, eval_splits=cfg.eval_splits,
         eval_pairs_per_clip=cfg.eval_pairs_per_clip, eval_every=cfg.eval_every, landmark_size=cfg.landmark_size,
         bootstrap=cfg.bootstrap, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-        workers=cfg.workers, cache_mb=cfg.cache_mb, threads=cfg.threads, device=cfg.device,
+        workers=cfg.workers, cache_mb=cfg.cache_mb, threads=cfg.threads,
         pose_teacher=cfg.pose_teacher, pair_sampling=cfg.pair_sampling,
         keypoint_landmarks=tuple(keypoint_landmarks) if cfg.loss_weights.keypoint_anchor > 0 else ())
     out.validate()
@@ -156,12 +156,15 @@ def init_configs(path: str | os.PathLike[str]) -> tuple[RendererConfig, tuple[in
 
 def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLike[str], out: str | os.PathLike[str],
                 reports: str | os.PathLike[str], tracker: Tracker, tavc: str | os.PathLike[str] | None,
-                init: str | os.PathLike[str], progress: bool = True) -> RendererRunResult:
+                init: str | os.PathLike[str], progress: bool = True,
+                dist: Distributed | None = None) -> RendererRunResult | None:
     """The stage `train`: fine-tune the pretrained renderer `init` with MappingNet and CAR.
 
     Writes ``<out>/checkpoint.pt`` (a ``renderer`` checkpoint with MappingNet inside: `load_renderer` loads it, and
     ``tavce animate`` drives it from coefficients), resumed after a kill, and the report folder of the pretraining
     loop (metrics.json with the held-out near-static and large-motion sets, TAVC similarity, sample grids, curves).
+    `dist`: this process's place in a torchrun run (None: one plain process on the CPU); ranks other than 0 train
+    their share of every batch and return None.
     """
     if tavc is None:
         raise ValueError("stage train needs the trained TAVC metric (--tavc): CERL's c^a and CAR's encoders")
@@ -169,7 +172,9 @@ def train_tavce(cfg: TrainTAVCEConfig, seed: int, *, processed: str | os.PathLik
     seed = seed if cfg.seed is None else cfg.seed
     with torch_threads(rcfg.threads):
         run = _pretrain_renderer(Path(processed), tavc, Path(out), Path(reports), rcfg, seed, tracker, progress,
-                                 init=Path(init), desc="train")
+                                 init=Path(init), desc="train", dist=dist)
+    if run is None:
+        return None
     run.metrics["ablation"] = {"cerl": cfg.cerl.enabled, "car_weight": cfg.car.weight}
     tracker.log_metrics({"train/seconds": run.seconds})
     tracker.set_tags({"perceptual_extractor": run.metrics["extractors"]["perceptual"],
