@@ -281,3 +281,23 @@ def test_train_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Pat
     tavc, init = _tavc_checkpoint(tmp_path / "tavc.pt"), _pretrained(tmp_path / "renderer.pt")
     cfg = _cfg(steps=3, batch_size=4, eval_every=0, checkpoint_every=3, gan_start=0, threads=1)
     assert_renderer_runs_agree(tmp_path, "train", cfg, processed_corpus, "--tavc", str(tavc), "--init", str(init))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# common.precision
+# ----------------------------------------------------------------------------------------------------------------
+def test_bf16_autocast_trains_under_torchrun_and_fp16_on_a_cpu_is_refused_by_name(processed_corpus: Path,
+                                                                                   tmp_path: Path) -> None:
+    cfg = _syncnet_cfg()
+    fp32 = run_stage("train_syncnet", _write_params(tmp_path, "train_syncnet", cfg, processed_corpus),
+                     processed_corpus, tmp_path / "fp32", 1)
+    bf16 = run_stage("train_syncnet", _write_params(tmp_path, "train_syncnet", cfg, processed_corpus,
+                                                    precision="bf16"), processed_corpus, tmp_path / "bf16", 2)
+    assert all(torch.isfinite(v).all() for v in bf16.values())
+    assert bf16.keys() == fp32.keys() and all(v.dtype == torch.float32 for v in bf16.values())  # fp32 master weights
+    assert _distance(fp32, bf16) > 0  # autocast did run the convolutions in bf16
+    params = _write_params(tmp_path, "train_syncnet", cfg, processed_corpus, precision="fp16")
+    proc = subprocess.run(_command("train_syncnet", 1, 0) + [
+        "--params", str(params), "--processed", str(processed_corpus), "--out", str(tmp_path / "m"), "--reports",
+        str(tmp_path / "r"), "--no-progress"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "common.precision: 'fp16' needs a CUDA device" in proc.stderr
