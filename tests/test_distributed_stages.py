@@ -301,3 +301,14 @@ def test_bf16_autocast_trains_under_torchrun_and_fp16_on_a_cpu_is_refused_by_nam
         "--params", str(params), "--processed", str(processed_corpus), "--out", str(tmp_path / "m"), "--reports",
         str(tmp_path / "r"), "--no-progress"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "common.precision: 'fp16' needs a CUDA device" in proc.stderr
+
+
+def test_scaling_benchmark_times_a_training_stage_at_1_and_2_processes(processed_corpus: Path,
+                                                                       tmp_path: Path) -> None:
+    params = _write_params(tmp_path, "train_syncnet", _syncnet_cfg(), processed_corpus)
+    proc = subprocess.run([sys.executable, "benchmarks/scaling.py", "--skip-preprocess", "--params", str(params),
+                           "--processed", str(processed_corpus), "--train-stages", "train_syncnet", "--procs", "1", "2",
+                           "--train-steps", "4"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("train_syncnet (cpu, fp32)")]
+    assert len(rows) == 2 and all("steps/s (4 steps of batch 8" in r for r in rows), proc.stdout
