@@ -211,9 +211,8 @@ def _syncers(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("pose_generator", ["posevae", "ms_sync"])
-def test_train_audio2coeff_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Path,
-                                                       pose_generator: str) -> None:
+def test_train_audio2coeff_two_ranks_match_one_process(processed_corpus: Path, tmp_path: Path) -> None:
+    pose_generator = "posevae"  # the default (MS-Sync's generator takes the same path: measured, not repeated in CI)
     from tests.test_audio2coeff_train import tiny_config
 
     syncers = _syncers(tmp_path / "syncers.pt")
