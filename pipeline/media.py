@@ -65,6 +65,8 @@ TIMESTAMP_TOLERANCE_S = 1e-5
 END_TOLERANCE_S = 1e-3  # s; see resample_indices
 DEFAULT_CRF = 15  # libx264 constant rate factor, visually near-lossless
 DEFAULT_PRESET = "medium"  # libx264 preset
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 DEFAULT_AUDIO_BITRATE = "192k"  # AAC
 # decord raises DECORDError from its C++ checks, and a plain RuntimeError when it cannot open a file.
 _DECORD_ERRORS = (decord.DECORDError, RuntimeError)
@@ -619,6 +621,7 @@ def write_video(
     pix_fmt: Literal["yuv420p", "yuv444p"] = "yuv420p",
     audio_rate: int | None = None,
     audio_bitrate: str = DEFAULT_AUDIO_BITRATE,
+    keyint: int | None = None,
 ) -> None:
     """Encode RGB frames (+ optional mono audio) as H.264 yuv420p + AAC, atomically.
 
@@ -644,6 +647,8 @@ def write_video(
         pix_fmt: "yuv420p" (plays everywhere) or "yuv444p" (full chroma resolution, any frame size).
         audio_rate: sample rate of the encoded audio (ffmpeg resamples); None keeps ``sample_rate``.
         audio_bitrate: AAC bitrate.
+        keyint: at most this many frames between keyframes (x264 ``-g``; e.g. ``fps`` for one a second, so that
+            readers seeking to a random frame decode at most that many); None = x264's default (250).
 
     Raises:
         ValueError: bad array shapes/dtypes.
@@ -684,6 +689,10 @@ def write_video(
             cmd += ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", audio_raw]
         cmd += ["-map", "0:v:0"] + (["-map", "1:a:0"] if audio is not None else [])
         cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", pix_fmt, "-threads", str(threads)]
+        if keyint is not None:
+            if keyint < 1:
+                raise ValueError(f"{path}: keyint must be >= 1, got {keyint}")
+            cmd += ["-g", str(keyint)]
         # Tag the BT.601 matrix that swscale's rgb->yuv conversion uses, so decoders convert back consistently.
         cmd += ["-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m"]
         if audio is not None:

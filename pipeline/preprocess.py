@@ -136,6 +136,15 @@ class PreprocessConfig:
         box_smoothing_frames: temporal window (frames) of the box smoother.
         crop_scale: crop side = this × the face box side (the box being the union of the clip's smoothed boxes).
         crf: x264 quality of the cropped clips (lower = better; 15 is visually lossless).
+        encoder_preset: x264 preset of the cropped clips (`X264_PRESETS`); at crf 15 on the synthetic crops
+            `superfast` encodes ~2× faster than `medium` at the same or better PSNR (43.8 vs 43.5 dB), in files
+            ~1.7× larger (README, preprocess).
+        keyframe_interval_s: at most this many seconds between keyframes of the cropped clips (1.0: one a second,
+            so a loader seeking to a random frame decodes at most 25 frames); null = x264's default (250 frames).
+        landmark_mode: mediapipe backend only: `per_frame` (face detection on every frame) or `tracking` (the face
+            mesh follows the face, detection every `detect_interval` frames and whenever the track is lost or
+            jumps; `pipeline.faces.landmarks.MediapipeBackend`).
+        detect_interval: frames between face detections in `tracking` mode.
         max_memory_mb: clips whose decoded frames would need more memory are streamed in chunks (decoded twice).
         silence_threshold_db: a clip whose audio RMS level (dBFS, whole clip) is below this is silent.
         silent_audio: `reject` (reason `silent_audio`) or `keep` (a warning naming the clip and its level).
@@ -167,6 +176,10 @@ class PreprocessConfig:
     box_smoothing_frames: int = 9
     crop_scale: float = 1.8
     crf: int = 15
+    encoder_preset: str = "superfast"
+    keyframe_interval_s: float | None = 1.0
+    landmark_mode: Literal["per_frame", "tracking"] = "tracking"
+    detect_interval: int = 25
     max_memory_mb: int = 2048
     silence_threshold_db: float = -60.0
     silent_audio: Literal["reject", "keep"] = "reject"
@@ -194,6 +207,15 @@ class PreprocessConfig:
             raise ValueError("crop_scale must be >= 1")
         if not 0 <= self.crf <= 51:
             raise ValueError("crf must be in 0..51")
+        if self.encoder_preset not in media.X264_PRESETS:
+            raise ValueError(f"encoder_preset must be one of {' | '.join(media.X264_PRESETS)}, "
+                             f"got {self.encoder_preset!r}")
+        if self.keyframe_interval_s is not None and not self.keyframe_interval_s > 0:
+            raise ValueError(f"keyframe_interval_s must be > 0 or null, got {self.keyframe_interval_s}")
+        if self.landmark_mode not in ("per_frame", "tracking"):
+            raise ValueError(f"landmark_mode must be per_frame | tracking, got {self.landmark_mode!r}")
+        if self.detect_interval < 1:
+            raise ValueError("detect_interval must be >= 1")
         if self.box_smoothing_frames < 1:
             raise ValueError("box_smoothing_frames must be >= 1")
         if self.silent_audio not in ("reject", "keep"):
@@ -211,6 +233,15 @@ class PreprocessConfig:
         d = to_dict(self)
         for k in ("workers", "engine", "ray_address", "ray_max_retries", "split", "extensions", "face_alignment_weights", "max_memory_mb", "speaker_regex", "coeffs_backend", "deep3d"):
             d.pop(k)
+        # Switches added later leave the fingerprint as it was while they keep the earlier behaviour (caches stay
+        # valid); detect_interval only matters in tracking mode.
+        for k, before in (("encoder_preset", "medium"), ("keyframe_interval_s", None), ("landmark_mode", "per_frame")):
+            if d[k] == before:
+                d.pop(k)
+        if self.backend != "mediapipe":
+            d.pop("landmark_mode", None)
+        if self.landmark_mode != "tracking" or self.backend != "mediapipe":
+            d.pop("detect_interval")
         if self.coeffs_backend == "deep3d":  # the files' contents count, not where they lie
             # (the landmark backend's fingerprint stays as before, so its caches stay valid)
             d["deep3d"] = {"checkpoint": file_digest(Path(self.deep3d.checkpoint)),
@@ -420,7 +451,9 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
                 done += len(part)
             yield part
 
-    media.write_video(clip_path, cropped(), fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf)
+    keyint = None if cfg.keyframe_interval_s is None else max(1, round(cfg.keyframe_interval_s * common.fps))
+    media.write_video(clip_path, cropped(), fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf,
+                      preset=cfg.encoder_preset, keyint=keyint)
     extra: dict[str, np.ndarray] = {}
     if coeff_estimator is not None:
         deep = np.concatenate([e.coeffs for e in estimates]) if estimates else np.zeros((0, deep3d_mod.NUM_COEFFS))
@@ -539,7 +572,8 @@ def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, wei
     _WORKER["common"] = common
     _WORKER["out_dir"] = out_dir
     _WORKER["backend"] = make_backend(cfg.backend, min_confidence=cfg.min_confidence, weights_dir=weights_dir,
-                                      landmarks_type=cfg.face_alignment_landmarks, device=cfg.device)
+                                      landmarks_type=cfg.face_alignment_landmarks, device=cfg.device,
+                                      mode=cfg.landmark_mode, detect_interval=cfg.detect_interval)
     _WORKER["deep3d"] = (deep3d_mod.Deep3DEstimator.from_files(cfg.deep3d.checkpoint, cfg.deep3d.bfm_folder,
                                                                 batch_size=cfg.deep3d.batch_size, device=cfg.device)
                          if cfg.coeffs_backend == "deep3d" else None)

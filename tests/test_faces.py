@@ -392,3 +392,85 @@ def test_identity_residuals_and_coefficients_layout() -> None:
     np.testing.assert_allclose(out[:, 70], 60 / 256, rtol=0.02)
     np.testing.assert_allclose(out[:, 71:73], [[0.5, 0.4]] * 4)
     assert np.abs(out[2, C.EXPRESSION]).sum() > np.abs(out[1, C.EXPRESSION]).sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# mediapipe tracking mode (issue 16 item 4)
+
+
+def _moving_astronaut(T: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The astronaut with a known small in-plane head motion (rotation ±6°, scale ±5 %, shifts ±12 px): (T, 512,
+    512, 3) frames and the (2, 3) affine of each frame."""
+    img = skimage.data.astronaut()
+    t = np.arange(T) / 25.0
+    frames, affines = [], []
+    for k in range(T):
+        M = cv2.getRotationMatrix2D((235.0, 150.0), 6.0 * np.sin(2 * np.pi * 0.4 * t[k]),
+                                    1.0 + 0.05 * np.sin(2 * np.pi * 0.25 * t[k]))
+        M[:, 2] += (12 * np.sin(2 * np.pi * 0.3 * t[k]), 8 * np.cos(2 * np.pi * 0.2 * t[k]))
+        affines.append(M)
+        frames.append(cv2.warpAffine(img, M, (512, 512), borderMode=cv2.BORDER_REFLECT))
+    return np.stack(frames), affines
+
+
+def _count_detections(backend: object, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    detect = backend._detect  # type: ignore[attr-defined]
+
+    def counted(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(1)
+        return detect(frame)
+
+    monkeypatch.setattr(backend, "_detect", counted)
+    return calls
+
+
+def test_mediapipe_tracking_matches_per_frame_with_fewer_detections(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames, _ = _moving_astronaut(30)
+    tracks, calls = {}, {}
+    for mode in ("per_frame", "tracking"):
+        backend = make_backend("mediapipe", mode=mode, detect_interval=10)
+        calls[mode] = _count_detections(backend, monkeypatch)
+        try:
+            tracks[mode] = backend.process_stream([frames[:13], frames[13:]])  # tracking goes on across chunks
+        finally:
+            backend.close()
+    a, b = tracks["per_frame"], tracks["tracking"]
+    assert len(calls["per_frame"]) == 30 and len(calls["tracking"]) == 3  # frames 0, 10, 20
+    assert b.has_landmarks.all() and (b.scores > 0.8).all() and (b.num_faces == 1).all()
+    iod = np.linalg.norm(a.landmarks[0, 45, :2] - a.landmarks[0, 36, :2])
+    assert np.abs(a.landmarks - b.landmarks).max() < 0.01 * iod  # same mesh track
+    np.testing.assert_array_equal(a.boxes[[0, 10, 20]], b.boxes[[0, 10, 20]])  # detection frames
+    side = a.boxes[:, 2] - a.boxes[:, 0]
+    assert (np.abs(a.boxes - b.boxes).max(axis=1) < 0.06 * side).all()  # carried boxes follow the face
+
+
+def test_mediapipe_tracking_redetects_when_the_face_jumps_or_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames, _ = _moving_astronaut(12)
+    shifted = np.roll(frames, (0, 200), axis=(1, 2))  # a cut: the face jumps 200 px to the right
+    blank = np.full_like(frames[:3], 127)
+    clip = np.concatenate([frames[:5], shifted[5:9], blank, frames[:4]])  # (16, 512, 512, 3)
+    backend = make_backend("mediapipe", mode="tracking", detect_interval=100)
+    calls = _count_detections(backend, monkeypatch)
+    try:
+        tr = backend.process(clip)
+    finally:
+        backend.close()
+    ref = make_backend("mediapipe")
+    try:
+        want = ref.process(clip)
+    finally:
+        ref.close()
+    assert len(calls) < 16  # the face is tracked between the events below
+    np.testing.assert_array_equal(tr.scores[9:12], 0)  # no face: nothing carried over
+    assert np.isnan(tr.landmarks[9:12]).all() and np.isnan(tr.boxes[9:12]).all()
+    for t in (0, 5, 12):  # detected again at the start, after the jump and when the face comes back
+        np.testing.assert_array_equal(tr.boxes[t], want.boxes[t])
+    assert np.abs(tr.landmarks[5:9, :, 0].mean() - want.landmarks[5:9, :, 0].mean()) < 2.0
+
+
+def test_mediapipe_mode_is_validated() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        make_backend("mediapipe", mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="detect_interval"):
+        make_backend("mediapipe", mode="tracking", detect_interval=0)

@@ -498,3 +498,18 @@ def test_read_frames_equals_slice_of_read_video(tmp_path: Path) -> None:
     full = M.read_video(path).frames
     np.testing.assert_array_equal(M.read_frames(path, 60, 10), full[60:70])
     np.testing.assert_array_equal(M.read_frames(path, 140, 50), full[140:])
+
+
+def test_write_video_keyint_and_preset(tmp_path: Path) -> None:
+    """keyint=25: a keyframe at least every 25 frames (cheap seeks); a faster preset keeps frames and quality."""
+    frames = _smooth_frames(80, 48, 64)
+    M.write_video(tmp_path / "k.mp4", frames, crf=15, preset="superfast", keyint=25)
+    M.write_video(tmp_path / "d.mp4", frames, crf=15)
+    keys = decord.VideoReader(str(tmp_path / "k.mp4")).get_key_indices()
+    assert keys[0] == 0 and np.diff(np.r_[keys, 80]).max() <= 25 and len(keys) >= 4
+    assert len(decord.VideoReader(str(tmp_path / "d.mp4")).get_key_indices()) == 1  # x264's default: 250
+    fast, slow = M.read_video(tmp_path / "k.mp4").frames, M.read_video(tmp_path / "d.mp4").frames
+    assert fast.shape == slow.shape == frames.shape
+    assert _psnr(_luma(fast), _luma(frames)) > 40
+    with pytest.raises(ValueError, match="keyint"):
+        M.write_video(tmp_path / "bad.mp4", frames, keyint=0)

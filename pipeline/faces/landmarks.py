@@ -154,6 +154,35 @@ def _primary(boxes: np.ndarray, scores: np.ndarray) -> int:
     return int(np.lexsort((-scores, -area))[0])
 
 
+# Tracking mode (`MediapipeBackend`): a mesh box overlapping the previous frame's by less than this means the
+# tracker lost the face and re-acquired one (possibly another): detect again on that frame.
+TRACK_JUMP_IOU = 0.5
+
+
+def _mesh_boxes(pts: np.ndarray) -> np.ndarray:
+    """(M, 478, 3) meshes → (M, 4) x0, y0, x1, y1 bounding boxes of their x, y."""
+    return np.concatenate([pts[:, :, :2].min(1), pts[:, :, :2].max(1)], axis=1)  # (M, 4)
+
+
+@dataclass(frozen=True)
+class _Detection:
+    """A detection in tracking mode: frame index, its box, the matched mesh's box, score, face count."""
+
+    frame: int
+    box: np.ndarray  # (4,)
+    mesh_box: np.ndarray  # (4,)
+    score: float
+    num_faces: int
+
+    def follow(self, mesh_box: np.ndarray) -> np.ndarray:
+        """The detection box moved and scaled with the mesh: same edges relative to the mesh's box."""
+        w0, h0 = self.mesh_box[2] - self.mesh_box[0], self.mesh_box[3] - self.mesh_box[1]
+        w1, h1 = mesh_box[2] - mesh_box[0], mesh_box[3] - mesh_box[1]
+        sx, sy = w1 / max(w0, 1e-6), h1 / max(h0, 1e-6)
+        rel = self.box - self.mesh_box[[0, 1, 0, 1]]  # (4,) edges relative to the mesh box's corner
+        return (mesh_box[[0, 1, 0, 1]] + rel * np.array([sx, sy, sx, sy])).astype(np.float32)
+
+
 class MediapipeBackend:
     """mediapipe 0.10.21 BlazeFace detection + 478-point face mesh mapped to iBUG 68 (see module docstring).
 
@@ -167,6 +196,16 @@ class MediapipeBackend:
             The face mesh's own detector is short-range too, so when no full-frame mesh matches the primary
             detection, the mesh is re-run (static mode) on a square region of 2.5× the box around it.
         min_tracking_confidence: face mesh re-detection threshold in video mode.
+        mode: ``"per_frame"`` (default): BlazeFace on every frame and a 2-face mesh (in video mode mediapipe runs
+            its own detector on every frame while it tracks fewer than `max_num_faces` faces, so both detectors
+            run per frame). ``"tracking"``: a 1-face mesh that follows the face from frame to frame (mediapipe
+            re-runs its own detector only when the mesh's face-presence score drops below
+            `min_tracking_confidence`), and BlazeFace only on the first frame, every `detect_interval` frames,
+            and at once whenever the track is lost or jumps (the mesh's box overlaps the previous frame's by
+            IoU < `TRACK_JUMP_IOU`: the tracker re-acquired a face). Between detections the box is the last
+            detection's, carried along with the mesh (same offsets relative to the mesh's bounding box), and
+            the score and face count are the last detection's.
+        detect_interval: frames between BlazeFace detections in ``"tracking"`` mode (25 = once a second at 25 fps).
     """
 
     name = "mediapipe"
@@ -177,8 +216,17 @@ class MediapipeBackend:
         min_confidence: float = 0.5,
         detector: Literal["short", "full", "auto"] = "auto",
         min_tracking_confidence: float = 0.5,
+        mode: Literal["per_frame", "tracking"] = "per_frame",
+        detect_interval: int = 25,
     ) -> None:
         import mediapipe as mp  # heavy import, only when this backend is used
+
+        if mode not in ("per_frame", "tracking"):
+            raise ValueError(f"mode must be 'per_frame' or 'tracking', got {mode!r}")
+        if detect_interval < 1:
+            raise ValueError(f"detect_interval must be >= 1, got {detect_interval}")
+        self.mode = mode
+        self.detect_interval = detect_interval
 
         self._mp = mp
         self.min_confidence = min_confidence
@@ -217,10 +265,11 @@ class MediapipeBackend:
 
     def process_stream(self, chunks: Iterable[np.ndarray]) -> FaceTrack:
         """`process` for a clip given as consecutive chunks; the face mesh keeps tracking across chunks."""
+        tracking = self.mode == "tracking"
         tracks: list[FaceTrack] = []
         mesh_model = self._mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False,
-            max_num_faces=2,
+            max_num_faces=1 if tracking else 2,
             refine_landmarks=True,
             min_detection_confidence=self.min_confidence,
             min_tracking_confidence=self.min_tracking_confidence,
@@ -228,6 +277,9 @@ class MediapipeBackend:
         roi_model = self._mp.solutions.face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
         )
+        last: _Detection | None = None  # tracking mode: the last detection that a mesh matched
+        prev_mesh_box: np.ndarray | None = None  # tracking mode: the previous frame's mesh box
+        frame_index = 0  # over the whole clip (chunks included)
         try:
             for frames in chunks:
                 frames = _check_frames(frames)
@@ -235,6 +287,21 @@ class MediapipeBackend:
                 tracks.append(track)
                 for t in range(len(frames)):
                     frame = np.ascontiguousarray(frames[t])
+                    pts = None
+                    if tracking and last is not None and frame_index - last.frame < self.detect_interval:
+                        pts = self._meshes(mesh_model, frame)  # (M ≤ 1, 478, 3)
+                        mesh_box = _mesh_boxes(pts)[0] if len(pts) else None
+                        tracked = mesh_box is not None and prev_mesh_box is not None
+                        if tracked and _iou(mesh_box, prev_mesh_box) >= TRACK_JUMP_IOU:
+                            # Tracked: no detection this frame; the last detection's box follows the mesh.
+                            track.boxes[t] = last.follow(mesh_box)
+                            track.scores[t] = last.score
+                            track.num_faces[t] = last.num_faces
+                            track.landmarks[t] = mediapipe_to_68(pts[0])
+                            prev_mesh_box = mesh_box
+                            frame_index += 1
+                            continue
+                        # Lost or jumped: detect on this very frame (the mesh result is reused below).
                     boxes, scores = self._detect(frame)
                     keep = scores >= self.min_confidence
                     boxes, scores = boxes[keep], scores[keep]
@@ -245,16 +312,25 @@ class MediapipeBackend:
                         primary_box = boxes[i]
                         track.boxes[t] = primary_box
                         track.scores[t] = scores[i]
-                    pts = self._meshes(mesh_model, frame)  # (M, 478, 3)
+                    if pts is None:
+                        pts = self._meshes(mesh_model, frame)  # (M, 478, 3)
                     j = self._match(pts, primary_box)
+                    from_roi = False
                     if j is None and primary_box is not None:
                         # Small faces (wide shots) are below the mesh's own short-range detector: retry on a
                         # square region around the detection, upsampled by the mesh model itself.
                         pts = self._roi_mesh(roi_model, frame, primary_box)
                         j = self._match(pts, primary_box)
-                    if j is None:
-                        continue
-                    track.landmarks[t] = mediapipe_to_68(pts[j])
+                        from_roi = True
+                    last = prev_mesh_box = None
+                    if j is not None:
+                        track.landmarks[t] = mediapipe_to_68(pts[j])
+                        if tracking and primary_box is not None and not from_roi:
+                            # The tracker follows this face; the next frames reuse this detection.
+                            prev_mesh_box = _mesh_boxes(pts[j : j + 1])[0]
+                            last = _Detection(frame_index, primary_box, prev_mesh_box, float(scores[i]),
+                                              len(scores))
+                    frame_index += 1
         finally:
             mesh_model.close()
             roi_model.close()
@@ -275,7 +351,7 @@ class MediapipeBackend:
         """Index of the mesh that belongs to the primary detection (None if none does)."""
         if not len(pts):
             return None
-        mesh_boxes = np.concatenate([pts[:, :, :2].min(1), pts[:, :, :2].max(1)], axis=1)  # (M, 4)
+        mesh_boxes = _mesh_boxes(pts)  # (M, 4)
         if primary_box is None:
             # No detection this frame (e.g. the tracker holds a face the detector missed): keep the largest mesh;
             # box and score stay empty so downstream can still see that the detector missed it.
@@ -427,6 +503,8 @@ def make_backend(
     landmarks_type: Literal["2D", "3D"] = "2D",
     device: str = "cpu",
     detector: Literal["short", "full", "auto"] = "auto",
+    mode: Literal["per_frame", "tracking"] = "per_frame",
+    detect_interval: int = 25,
 ) -> LandmarkBackend:
     """Build a landmark backend by name (config → object).
 
@@ -437,11 +515,14 @@ def make_backend(
         landmarks_type: face_alignment ``"2D"`` (2DFAN4, z = 0) or ``"3D"`` (3DFAN4 + depth); mediapipe is 3D.
         device: face_alignment device (``"cpu"``/``"cuda"``); mediapipe always runs on the CPU.
         detector: mediapipe detection model choice (see `MediapipeBackend`).
+        mode: mediapipe ``"per_frame"`` detection or ``"tracking"`` between detections (see `MediapipeBackend`).
+        detect_interval: frames between detections in mediapipe's ``"tracking"`` mode.
     Raises:
         FileNotFoundError: face_alignment weights are missing (the message names the files and the folder).
     """
     if name == "mediapipe":
-        return MediapipeBackend(min_confidence=min_confidence, detector=detector)
+        return MediapipeBackend(min_confidence=min_confidence, detector=detector, mode=mode,
+                                detect_interval=detect_interval)
     if name == "face_alignment":
         if landmarks_type not in ("2D", "3D"):
             raise ValueError(f"landmarks_type must be '2D' or '3D', got {landmarks_type!r}")
