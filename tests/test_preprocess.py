@@ -136,6 +136,11 @@ def test_outputs_resampled_and_consistent(bad_input_run: tuple[Path, Path, dict]
         assert clip.frames.shape[1:] == (128, 128, 3) and abs(len(clip) - t) <= 1
         assert 0.9 <= row.face_fraction <= 1.0 and row.split in ("train", "val", "test")
     assert set(manifest.groupby("speaker").split.nunique()) == {1}
+    import decord  # the crops have one keyframe a second (keyframe_interval_s 1.0): cheap random seeks
+
+    vr = decord.VideoReader(str(out / manifest.loc["good/a"].clip_path))
+    assert len(vr) == int(manifest.loc["good/a"].frames)
+    assert np.diff(np.r_[vr.get_key_indices(), len(vr)]).max() <= 25
     basis = load_npz(out / "expression_basis.npz")
     assert any(v.shape[0] == 64 for v in basis.values() if v.ndim == 2)
 
@@ -293,3 +298,20 @@ def test_worker_crash_is_isolated_and_recorded() -> None:
     results: list[int] = []
     run_in_pool(list(range(6)), 2, _noop_init, (), _square_or_die, results.append, lambda item: -item)
     assert sorted(results) == [-3, 0, 1, 4, 16, 25]
+
+
+def test_speed_switches_validated_and_old_settings_keep_the_cache_fingerprint() -> None:
+    """Issue 16 item 4's switches: validated by name; at their earlier behaviour they leave the pass-1
+    fingerprint as it was (existing caches stay valid), and any other value changes it."""
+    for bad in (dict(encoder_preset="fastest"), dict(keyframe_interval_s=0.0), dict(landmark_mode="sometimes"),
+                dict(detect_interval=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dataclasses.replace(CFG, **bad).validate()
+    old = dataclasses.replace(CFG, encoder_preset="medium", keyframe_interval_s=None, landmark_mode="per_frame")
+    fp = old.pass1_fingerprint(COMMON)
+    assert not {"encoder_preset", "keyframe_interval_s", "landmark_mode", "detect_interval"} & set(fp)
+    assert dataclasses.replace(old, detect_interval=5).pass1_fingerprint(COMMON) == fp  # unused per frame
+    for new in (dict(encoder_preset="superfast"), dict(keyframe_interval_s=1.0), dict(landmark_mode="tracking")):
+        assert dataclasses.replace(old, **new).pass1_fingerprint(COMMON) != fp
+    tracking = dataclasses.replace(old, landmark_mode="tracking")
+    assert dataclasses.replace(tracking, detect_interval=5).pass1_fingerprint(COMMON) != tracking.pass1_fingerprint(COMMON)
