@@ -6,8 +6,8 @@ One sample, drawn at a random position i of a random clip:
   (negative pair (i-1, j)), (3, 3, 112, 112) in [-1, 1].
 
 Frames are decoded from the cropped clips at the drawn positions (decord, through `FrameStore`) inside DataLoader
-workers. Cropped clips have few keyframes (x264's default GOP of 250 frames), so a random seek decodes from the
-previous keyframe, ~10 ms of video per frame skipped. Two things make that cheap without changing any value: a seek
+workers. A random seek decodes from the previous keyframe: up to 250 frames in clips written with x264's default
+GOP, at most 25 in clips preprocessed with `preprocess.keyframe_interval_s: 1.0` (the default since issue 16). Two things make that cheap without changing any value: a seek
 decodes a span of ``prefetch`` frames on each side of the wanted ones (sequential decoding costs little next to the
 seek), and each worker keeps the ROIs it has decoded in a bounded per-process cache (``roi_cache_mb``). All randomness of a sample comes from ``sample_rng(seed, step, slot)``.
 """
