@@ -181,6 +181,10 @@ class PathsConfig:
     reports: str = "reports"
 
 
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # common.device
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")  # common.precision
+
+
 @dataclasses.dataclass(frozen=True)
 class CommonConfig:
     """`common` section of params.yaml: settings every stage shares (method.md §1)."""
@@ -195,10 +199,10 @@ class CommonConfig:
     launcher: str = "python"  # what dvc.yaml runs the training stages with: python | torchrun --nproc_per_node=N ...
 
     def validate(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision {self.precision!r} is not one of fp32, bf16, fp16")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not self.launcher.strip() or self.launcher.split()[0] not in ("python", "python3", "torchrun"):
             raise ValueError(f"launcher {self.launcher!r}: expected `python` or `torchrun <options>` (dvc.yaml runs "
                              "`<launcher> -m stages.<stage>`)")

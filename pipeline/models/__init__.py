@@ -2,7 +2,14 @@
 (``load_tavc``, ``load_syncnet``, ``load_syncers``, ``load_renderer``), all through
 :func:`pipeline.checkpoint.load_model`."""
 
+import torch
 from torch import nn
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where `module`'s parameters live (the CPU for a parameter-free module, e.g. a test oracle)."""
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def count_parameters(module: nn.Module) -> int:

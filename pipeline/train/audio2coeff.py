@@ -396,9 +396,9 @@ def _train(processed: Path, out_dir: Path, syncers_path: Path, cfg: TrainAudio2C
             noise = torch.randn(cfg.batch_size, cfg.model.posevae.latent, generator=sample_generator(seed, s))
             losses = train_step(model, lm3dmm, experts, _to_device(batch, dist.device), cfg,
                                 noise[first:stop].to(dist.device), opt_g, opt_d, dist)
-            losses = dist.mean_values(losses)
             done = s + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
+                losses = dist.mean_values(losses)  # over ranks: the global batch's losses (one all-reduce per log)
                 row = {f"train/{k}": v for k, v in losses.items()}
                 if ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps) and dist.is_main:
                     quick = lip_figures(model, held_out, basis, mean_expr)

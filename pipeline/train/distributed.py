@@ -41,19 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-Precision = Literal["fp32", "bf16", "fp16"]
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from pipeline.config import DEVICES, PRECISIONS
 
-T = TypeVar("T")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -198,11 +193,6 @@ class Distributed:
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (1 if self.rank < extra else 0)
 
-    def shard(self, items: Sequence[T]) -> Sequence[T]:
-        """This rank's slice of the global batch ``items`` (keys, indices or a tensor's first axis)."""
-        start, stop = self.span(len(items))
-        return items[start:stop]
-
     def share(self, n_rank: int, n_global: int) -> float:
         """Factor turning this rank's *mean* loss into its share of the global mean, given DDP's gradient
         average over ranks: ``n_rank * world / n_global`` (1.0 in a plain run)."""
@@ -211,14 +201,6 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
-
-    def all_mean(self, value: float) -> float:
-        """Mean of a scalar over ranks (for logged losses); the value itself in a plain run."""
-        if not self.active:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
 
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():

@@ -672,10 +672,11 @@ def _pretrain_renderer(processed: Path, tavc_path: str | os.PathLike[str] | None
         bar = tqdm(loader, total=cfg.steps, initial=start, desc=desc, disable=not progress,
                    unit="step")
         for step, batch in enumerate(bar, start=start + 1):  # `step` = optimizer steps done after this batch
-            window.append(dist.mean_values(trainer.train_step(batch, step - 1)))
+            window.append(trainer.train_step(batch, step - 1))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 keys = sorted({k for row in window for k in row})
-                mean = {k: float(np.mean([row[k] for row in window if k in row])) for k in keys}
+                # means over the window, then over the ranks (one all-reduce per log; every rank has the same keys)
+                mean = dist.mean_values({k: float(np.mean([row[k] for row in window if k in row])) for k in keys})
                 window.clear()
                 history.add(step, **mean)
                 tracker.log_metrics({f"train/{k}": v for k, v in mean.items()}, step=step)

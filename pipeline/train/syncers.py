@@ -47,7 +47,7 @@ from pipeline.data.syncers import (ClipStreams, NegativeSource, SyncerWindows, e
 from pipeline.io import file_digest, write_json
 from pipeline.losses.syncers import InfoNCELoss, TripletLoss
 from pipeline.metrics.lse import domain_check, lse
-from pipeline.models import count_parameters
+from pipeline.models import count_parameters, module_device
 from pipeline.models.syncer import CHECKPOINT_KIND, Syncer, SyncerConfig
 from pipeline.pyramid import level_windows
 from pipeline.tracking import Tracker
@@ -235,7 +235,7 @@ def window_accuracy(syncer: Syncer, loss_fn: nn.Module, batch: tuple[torch.Tenso
                     chunk: int = 256) -> tuple[float, float]:
     """(top-1 accuracy of the positive, mean loss) over a held-out batch."""
     audio, motion = batch
-    dev = next(syncer.parameters()).device
+    dev = module_device(syncer)
     scores = torch.cat([syncer(audio[i:i + chunk].to(dev), motion[i:i + chunk].to(dev))
                         for i in range(0, len(audio), chunk)])
     return float((scores.argmax(dim=1) == 0).float().mean()), float(loss_fn(scores))
@@ -357,7 +357,7 @@ def train_phase(syncer: Syncer, spec: SyncerSpec, loss_fn: nn.Module, optimizer:
     loader = step_loader(dataset, cfg.batch_size, start, end, cfg.workers, span=dist.span(cfg.batch_size))
     bar = tqdm(loader, total=end - start, desc=f"{spec.name} ({spec.loss}, level {spec.level})", disable=not progress,
                initial=0, leave=False)
-    dev = next(syncer.parameters()).device
+    dev = module_device(syncer)
     for s, (audio, motion) in zip(range(start, end), bar):
         with dist.autocast():
             scores = syncer(audio.to(dev), motion.to(dev)).float()  # (B, 1 + N)
@@ -390,7 +390,7 @@ def train_phase(syncer: Syncer, spec: SyncerSpec, loss_fn: nn.Module, optimizer:
 def sequence_offset(syncer: Syncer, audio: np.ndarray, motion: np.ndarray, vshift: int) -> tuple[int, float]:
     """(AV offset in steps of the syncer's level, LSE-C confidence) of one level of one sequence."""
     a_win, x_win = level_windows(audio, motion, syncer.cfg.window)  # (N, 26, 20), (N, C, 5)
-    dev = next(syncer.parameters()).device
+    dev = module_device(syncer)
     e_a = syncer.audio(torch.from_numpy(a_win).to(dev)).cpu()  # (N, D)
     e_x = syncer.motion(torch.from_numpy(x_win).to(dev)).cpu()  # (N, D)
     res = lse(e_x, e_a, vshift=vshift)

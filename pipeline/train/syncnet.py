@@ -38,7 +38,7 @@ from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.syncnet import ContrastiveMarginLoss, pair_distance
 from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.metrics.lse import domain_check, lse
-from pipeline.models import count_parameters
+from pipeline.models import count_parameters, module_device
 from pipeline.models.syncnet import CHECKPOINT_KIND, SyncNet, SyncNetConfig, load_syncnet_v2
 from pipeline.tracking import Tracker
 from pipeline.train.common import History, fingerprint, restore, resumable
@@ -123,7 +123,7 @@ def embed_video(model: SyncNet, clip: SyncClip, batch: int) -> torch.Tensor:
     for i in range(0, clip.n_windows, batch):
         ks = range(i, min(clip.n_windows, i + batch))
         faces = np.stack([clip.faces[k:k + WINDOW] for k in ks])  # (b, 5, S, S, 3)
-        out.append(model.forward_lip(video_input(faces).to(_device(model))).cpu())
+        out.append(model.forward_lip(video_input(faces).to(module_device(model))).cpu())
     return torch.cat(out)  # (N, D)
 
 
@@ -133,13 +133,9 @@ def embed_audio(model: SyncNet, mfcc: np.ndarray, n_windows: int, batch: int) ->
     out = []
     for i in range(0, n_windows, batch):
         windows = audio_input(audio_windows(mfcc, range(i, min(n_windows, i + batch))))
-        out.append(model.forward_aud(windows.to(_device(model))).cpu())
+        out.append(model.forward_aud(windows.to(module_device(model))).cpu())
     return torch.cat(out)  # (N, D)
 
-
-def _device(model: torch.nn.Module) -> torch.device:
-    first = next(model.parameters(), None)  # a parameter-free model (a test oracle) runs on the CPU
-    return first.device if first is not None else torch.device("cpu")
 
 
 def shuffle_partner(clips: list[SyncClip], i: int) -> int:

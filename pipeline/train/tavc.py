@@ -27,7 +27,7 @@ from pipeline.data.tavc import TAVCDataset, TAVCEvalSet, build_eval_set, min_cli
 from pipeline.io import atomic_path, file_digest, write_json
 from pipeline.losses.tavc import TAVCLoss, tavc_similarity
 from pipeline.metrics.bootstrap import bootstrap_ci
-from pipeline.models import count_parameters
+from pipeline.models import count_parameters, module_device
 from pipeline.models.tavc import CHECKPOINT_KIND, TAVC, TAVCConfig, load_pretrained
 from pipeline.tracking import Tracker
 from pipeline.train.common import (History, LRSchedule, fingerprint, restore, resumable, scheduled_lr,
@@ -140,8 +140,8 @@ def evaluate(model: TAVC, data: TAVCEvalSet, batch_size: int = 64) -> tuple[np.n
     was_training = model.training
     model.eval()
     pos, neg = [], []
+    dev = module_device(model)
     for s in range(0, len(data.mel), batch_size):
-        dev = next(model.parameters()).device
         f_a, f_v = model(data.mel[s:s + batch_size].to(dev), data.roi[s:s + batch_size].to(dev))  # (b,2,D),(b,3,D)
         pos.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 1]).cpu())
         neg.append(tavc_similarity(f_a[:, 0], f_a[:, 1], f_v[:, 0], f_v[:, 2]).cpu())
