@@ -109,9 +109,9 @@ def train_row(stage: str, procs: int, args: argparse.Namespace, params: dict) ->
     with tempfile.TemporaryDirectory() as tmp:
         pfile = Path(tmp) / "params.yaml"
         pfile.write_text(yaml.safe_dump({"common": common, stage: section}))
-        launcher = [sys.executable, "-m", stage_module(stage)] if procs == 1 else [
+        launcher = [sys.executable, "-m", f"stages.{stage}"] if procs == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-            str(29400 + os.getpid() % 1000), "-m", stage_module(stage)]
+            str(29400 + os.getpid() % 1000), "-m", f"stages.{stage}"]
         env = {**os.environ, "TAVCE_NO_TRACKING": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         if args.device == "cpu":
             env["OMP_NUM_THREADS"] = str(max(1, cores // procs))
@@ -125,10 +125,6 @@ def train_row(stage: str, procs: int, args: argparse.Namespace, params: dict) ->
         return "no training time in the stage's log"
     seconds = float(found[-1])
     return f"{args.train_steps / seconds:.2f} steps/s ({args.train_steps} steps of batch {section['batch_size']}, {seconds:.1f} s)"
-
-
-def stage_module(stage: str) -> str:
-    return f"stages.{stage}"
 
 
 if __name__ == "__main__":
