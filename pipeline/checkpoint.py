@@ -162,13 +162,14 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except (OSError, struct.error, ValueError) as err:
         raise WeightsError(f"{path}: not a readable .safetensors file ({type(err).__name__}: {err})") from err
     out: dict[str, torch.Tensor] = {}
+    view = memoryview(data)  # slices without a copy; bytearray() makes the one each tensor keeps
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = _SAFETENSORS_DTYPES[info["dtype"]]
             start, end = info["data_offsets"]
-            t = torch.frombuffer(bytearray(data[start:end]), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
+            t = torch.frombuffer(bytearray(view[start:end]), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
             out[name] = t.reshape(info["shape"])
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             raise WeightsError(f"{path}: entry {name!r} is malformed ({type(err).__name__}: {err})") from err
