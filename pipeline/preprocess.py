@@ -579,11 +579,30 @@ def _init_worker(cfg: PreprocessConfig, common: CommonConfig, out_dir: Path, wei
                          if cfg.coeffs_backend == "deep3d" else None)
 
 
+def worker_context() -> mp.context.BaseContext:
+    """The start method of preprocessing's worker processes.
+
+    ``forkserver`` where the platform has it: a clean server process (started once per run, no threads of ours)
+    imports this module and its heavy dependencies (torch, mediapipe, cv2, decord) once, and each worker is forked
+    from it already initialised, instead of every spawned worker importing them again (~1.6 s each on a 2-core
+    CPU, as long as a worker's share of a dozen clips). The server never runs models, so no thread pool is forked.
+    ``spawn`` elsewhere (Windows). ``TAVCE_WORKER_START=spawn`` forces spawn (benchmarks compare the two).
+    """
+    method = os.environ.get("TAVCE_WORKER_START", "")
+    if not method:
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["pipeline.preprocess", "torch", "mediapipe", "cv2", "decord"])
+    return ctx
+
+
 def run_in_pool(items: Sequence[Any], workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...],
                 fn: Callable[[Any], Any], on_result: Callable[[Any], None], on_crash: Callable[[Any], Any]) -> None:
-    """Run `fn` over `items` in `workers` spawned processes, surviving workers that die.
+    """Run `fn` over `items` in `workers` worker processes, surviving workers that die.
 
-    spawn, because mediapipe/torch/decord threads do not survive fork; a `ProcessPoolExecutor`, because a
+    forkserver or spawn (`worker_context`), never a plain fork: mediapipe/torch/decord threads of this process
+    would not survive it; a `ProcessPoolExecutor`, because a
     worker that dies (a native crash on a malformed file) then raises `BrokenProcessPool` instead of hanging.
     After such a crash the items not finished yet run one process each, so the culprit is found: `on_crash(item)`
     gives its result. Results go to `on_result` as they complete (any order).
@@ -593,7 +612,7 @@ def run_in_pool(items: Sequence[Any], workers: int, initializer: Callable[..., N
     while pending:
         batch = pending[:1] if isolate else pending
         finished: set[int] = set()
-        with ProcessPoolExecutor(1 if isolate else workers, mp_context=mp.get_context("spawn"),
+        with ProcessPoolExecutor(1 if isolate else workers, mp_context=worker_context(),
                                  initializer=initializer, initargs=initargs) as pool:
             futures = {pool.submit(fn, items[i]): i for i in batch}
             try:

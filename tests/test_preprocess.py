@@ -315,3 +315,20 @@ def test_speed_switches_validated_and_old_settings_keep_the_cache_fingerprint() 
         assert dataclasses.replace(old, **new).pass1_fingerprint(COMMON) != fp
     tracking = dataclasses.replace(old, landmark_mode="tracking")
     assert dataclasses.replace(tracking, detect_interval=5).pass1_fingerprint(COMMON) != tracking.pass1_fingerprint(COMMON)
+
+
+def test_worker_context_is_forkserver_with_preload_or_spawn_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers never start by a plain fork: forkserver (preloaded) where the platform has it, spawn on request."""
+    import multiprocessing as mp
+
+    from pipeline.preprocess import worker_context
+
+    monkeypatch.delenv("TAVCE_WORKER_START", raising=False)
+    expected = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    assert worker_context().get_start_method() == expected
+    monkeypatch.setenv("TAVCE_WORKER_START", "spawn")
+    assert worker_context().get_start_method() == "spawn"
+    results: list[int] = []  # a pool from the spawn context still runs
+    from pipeline.preprocess import run_in_pool
+    run_in_pool([1, 2], 2, _noop_init, (), _square_or_die, results.append, lambda item: -item)
+    assert sorted(results) == [1, 4]
