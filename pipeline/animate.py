@@ -311,17 +311,18 @@ def mapping_windows(coeffs: np.ndarray, centres: Any, window: int, coeff_dim: in
 # Motion and frames
 # ----------------------------------------------------------------------------------------------------------------
 def speech_motion(models: AnimateModels, wav: np.ndarray, reference: np.ndarray, *, pose_style: int = 0,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mel windows (T, 1, 80, 16) and Audio2Coeff motion (T, 70) for T = the audio's 25 fps frames."""
+                  seed: int = 0) -> tuple[audio_mod.MelWindows, np.ndarray]:
+    """Mel windows (T, 1, 80, 16; lazy, indexable like the array) and Audio2Coeff motion (T, 70) for T = the
+    audio's 25 fps frames."""
     n = max(1, round(len(wav) * audio_mod.FPS / audio_mod.SAMPLE_RATE))
     mel = audio_mod.wav2lip_mel(wav)  # (M, 80)
-    windows = audio_mod.mel_windows(mel, range(n))[:, None]  # (T, 1, 80, 16)
+    windows = audio_mod.MelWindows(mel, n)  # (T, 1, 80, 16), made on demand (long audio)
     with torch.no_grad():
         motion = generate_motion(models.audio2coeff, windows, reference, pose_style=pose_style, seed=seed)  # (T, 70)
     return windows, motion
 
 
-def _relation(tavc: TAVC | None, windows: np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+def _relation(tavc: TAVC | None, windows: np.ndarray | audio_mod.MelWindows, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
     """C^a of frames (i-1, i) for i in [start, stop): (t, D, D), as the renderer was trained (frame 0 pairs with
     itself)."""
     if tavc is None:

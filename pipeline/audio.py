@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import decimal
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +160,7 @@ def _periodic_hann(length: int) -> np.ndarray:
     return window
 
 
-def wav2lip_mel(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def wav2lip_mel(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, block_frames: int = 4096) -> np.ndarray:
     """Normalised log-mel spectrogram exactly as Wav2Lip's ``audio.melspectrogram`` (used by SadTalker).
 
     Recipe: pre-emphasis 0.97 -> |STFT| (n_fft 800, hop 200, periodic Hann 800, centred) -> Slaney mel (80 bands,
@@ -171,18 +173,41 @@ def wav2lip_mel(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     Args:
         wav: mono waveform (S,), float, nominally in [-1, 1].
         sample_rate: must be 16 kHz — n_fft/hop are sample counts tuned for it; resample first (media.read_audio).
+        block_frames: mel frames computed at a time (4096 = 51 s): the result does not depend on it, the peak
+            memory does (~13 KB per frame of a block instead of per frame of the whole recording).
 
     Returns:
         (M, 80) float32, time-major, M = 1 + S // 200 (80 frames per second), values in [-4, 4].
     """
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"wav2lip_mel needs {SAMPLE_RATE} Hz audio, got {sample_rate} Hz; resample it first")
-    # lfilter computes in float64 whatever the input dtype, so we do too.
-    wav = preemphasis(_as_waveform(wav).astype(np.float64))
+    wav = _as_waveform(wav)
     pad = MEL_N_FFT // 2
-    # For S <= 400 samples np.pad reflects repeatedly; librosa 0.7 called np.pad the same way.
-    padded = np.pad(wav, pad, mode="reflect")  # (S + n_fft,)
-    frames = _frames(padded, MEL_N_FFT, MEL_HOP_LENGTH)  # (M, n_fft)
+    n_mel = 1 + len(wav) // MEL_HOP_LENGTH
+    if n_mel <= block_frames:
+        # lfilter computes in float64 whatever the input dtype, so we do too.
+        # For S <= 400 samples np.pad reflects repeatedly; librosa 0.7 called np.pad the same way.
+        padded = np.pad(preemphasis(wav.astype(np.float64)), pad, mode="reflect")  # (S + n_fft,)
+        return _normalised_mel(_frames(padded, MEL_N_FFT, MEL_HOP_LENGTH), sample_rate)
+    # Long audio: the same arithmetic on blocks of `block_frames` mel frames, so the float64 frames and spectra
+    # (~13 KB per mel frame) never exist for the whole recording at once (minutes of audio: hundreds of MB).
+    # Each block gathers its stretch of the reflect-padded, pre-emphasised signal from the float input directly.
+    S = len(wav)  # > 400 here, so a single reflection covers the padding
+    blocks = []
+    for m0 in range(0, n_mel, block_frames):
+        m1 = min(n_mel, m0 + block_frames)
+        j = np.arange(m0 * MEL_HOP_LENGTH, (m1 - 1) * MEL_HOP_LENGTH + MEL_N_FFT) - pad  # signal index of each sample
+        j = np.abs(j)  # reflect at the start (np.pad "reflect": no repeated edge sample)
+        j = np.where(j > S - 1, 2 * (S - 1) - j, j)  # and at the end
+        y = wav[j].astype(np.float64)
+        prev = j > 0
+        y[prev] -= PREEMPHASIS * wav[j[prev] - 1].astype(np.float64)  # preemphasis() on the gathered samples
+        blocks.append(_normalised_mel(_frames(y, MEL_N_FFT, MEL_HOP_LENGTH), sample_rate))
+    return np.concatenate(blocks)
+
+
+def _normalised_mel(frames: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(M, n_fft) float64 frames of the padded, pre-emphasised signal -> (M, 80) float32 normalised log-mel."""
     # win_length == n_fft, so no window centring/zero padding inside the frame is needed
     magnitude = np.abs(np.fft.rfft(frames * _periodic_hann(MEL_WIN_LENGTH), axis=1))  # (M, F)
     mel = magnitude @ slaney_mel_filterbank(sample_rate).T  # (M, 80)
@@ -221,6 +246,39 @@ def mel_windows(mel: np.ndarray, frame_indices: np.ndarray | list[int] | range, 
     rows = starts[:, None] + np.arange(MEL_WINDOW_FRAMES)[None, :]  # (N, 16)
     rows = np.clip(rows, 0, mel.shape[0] - 1)
     return np.ascontiguousarray(mel[rows].transpose(0, 2, 1), dtype=np.float32)  # (N, 16, 80) -> (N, 80, 16)
+
+
+class MelWindows:
+    """The (T, 1, 80, 16) mel windows of video frames 0..T-1, made on demand from the (M, 80) mel.
+
+    Behaves like the stacked array ``mel_windows(mel, range(T))[:, None]`` for ``len``, ``shape`` and indexing
+    (an int, a slice or an index array gives the same values), while holding only the mel: 1.3 KB per video frame
+    instead of 5 KB, which is what long inputs to ``tavce animate`` keep in memory.
+    """
+
+    def __init__(self, mel: np.ndarray, frames: int, fps: int = FPS) -> None:
+        mel = np.asarray(mel, np.float32)
+        if mel.ndim != 2 or mel.shape[0] == 0:
+            raise ValueError(f"expected a non-empty (M, n_mels) mel spectrogram, got shape {mel.shape}")
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        self.mel, self.frames, self.fps = mel, int(frames), fps
+
+    def __len__(self) -> int:
+        return self.frames
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, 1, self.mel.shape[1], MEL_WINDOW_FRAMES)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        idx = np.arange(self.frames)[index]
+        out = mel_windows(self.mel, np.atleast_1d(idx), self.fps)[:, None]  # (N, 1, 80, 16)
+        return out[0] if np.ndim(idx) == 0 else out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

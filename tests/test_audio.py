@@ -281,3 +281,33 @@ def test_syncnet_input_equals_syncnet_python_including_silence(speech: np.ndarra
     silent = reference[:, 0] < np.log(np.finfo(float).eps) + 1e-6  # frames of exact digital silence
     assert silent.sum() > 50  # the leading/trailing silence and the sub-LSB noise, which rounds to zeros
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("seconds", [0.02, 2.0, 7.3])
+def test_wav2lip_mel_in_blocks_equals_the_whole_computation(seconds: float) -> None:
+    """Long audio is computed in blocks of mel frames (bounded memory): any block size gives the same mel,
+    including the reflect-padded edges and the pre-emphasis carried across block borders."""
+    rng = np.random.default_rng(3)
+    wav = (rng.normal(size=int(seconds * A.SAMPLE_RATE)) * 0.2).astype(np.float32)
+    whole = A.wav2lip_mel(wav, block_frames=10**9)
+    for block in (1, 7, 64, 4096):
+        np.testing.assert_allclose(A.wav2lip_mel(wav, block_frames=block), whole, atol=1e-5, rtol=0)
+    if wav.size > 4 * A.MEL_N_FFT:
+        np.testing.assert_allclose(whole, reference_wav2lip_mel(wav), atol=1e-4, rtol=0)
+
+
+def test_mel_windows_lazy_equals_the_stacked_array(speech: np.ndarray) -> None:
+    mel = A.wav2lip_mel(speech)
+    T = len(speech) * A.FPS // A.SAMPLE_RATE
+    stacked = A.mel_windows(mel, range(T))[:, None]  # (T, 1, 80, 16)
+    lazy = A.MelWindows(mel, T)
+    assert len(lazy) == T and lazy.shape == stacked.shape
+    np.testing.assert_array_equal(lazy[:], stacked)
+    np.testing.assert_array_equal(lazy[3:11], stacked[3:11])
+    np.testing.assert_array_equal(lazy[T - 2:T + 5], stacked[T - 2:])  # slices past the end stop at T, as arrays do
+    idx = np.array([0, 0, 5, T - 1])
+    np.testing.assert_array_equal(lazy[idx], stacked[idx])
+    np.testing.assert_array_equal(lazy[-1], stacked[-1])
+    np.testing.assert_array_equal(np.asarray(lazy), stacked)
+    with pytest.raises(ValueError, match="frames"):
+        A.MelWindows(mel, 0)

@@ -259,10 +259,25 @@ def test_generation_is_deterministic_for_a_seed_and_continuous_across_windows(ge
         assert seam.max() <= 3 * np.median(steps) + 1e-6
     short = generate_motion(model, mel[:5], ref, seed=3)  # less audio than one window
     assert short.shape == (5, 70)
+
     with pytest.raises(ValueError, match="pose_style"):
         generate_motion(model, mel, ref, pose_style=7)
     with pytest.raises(ValueError, match="reference_coeffs"):
         generate_motion(model, mel, ref[:10])
+
+
+@pytest.mark.parametrize("generator", ["posevae", "ms_sync"])
+def test_generation_from_lazy_mel_windows_equals_the_array(generator: str) -> None:
+    """`tavce animate` passes `MelWindows` (windows made on demand, long audio): same motion as the stacked array."""
+    from pipeline.audio import MelWindows, wav2lip_mel
+    model = tiny(generator)
+    rng = np.random.default_rng(1)
+    wav = (rng.normal(size=16000 * 2) * 0.1).astype(np.float32)
+    mel = wav2lip_mel(wav)
+    lazy = MelWindows(mel, 50)
+    ref = np.concatenate([rng.normal(size=64) * 0.1, [0.1, -0.05, 0.02, 0.01, -0.02, 0.0, 0.3, 0.5, 0.5]])
+    a = generate_motion(model, lazy, ref, pose_style=1, seed=3, chunk=16)
+    assert np.array_equal(a, generate_motion(model, np.asarray(lazy), ref, pose_style=1, seed=3, chunk=16))
 
 
 def test_multiscale_sync_loss_reaches_generated_coefficients() -> None:

@@ -196,7 +196,8 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
 
     Args:
         models: a trained `Audio2Coeff` (:func:`load_audio2coeff`).
-        mel: (T, 1, 80, 16) mel windows of the T frames (`pipeline.audio.mel_windows`).
+        mel: (T, 1, 80, 16) mel windows of the T frames (`pipeline.audio.mel_windows`), or the same as a lazy
+            `pipeline.audio.MelWindows` (long audio).
         reference_coeffs: (70,) or (73,) coefficients of the reference frame (its expression conditions ExpNet, its
             pose is frame 0's pose).
         pose_style: PoseVAE style class (a training speaker, see the checkpoint's ``extra.styles``).
@@ -211,9 +212,15 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
         (T, 70) float32: 64 expression coefficients, yaw, pitch, roll, tx, ty, tz. Frame 0's pose is the reference's.
     """
     dev = models.pose_mean.device
-    mel_t = _as_tensor(mel, dev)
-    if mel_t.ndim != 4 or mel_t.shape[1:] != (1, 80, 16) or len(mel_t) < 1:
+    # An array or tensor is moved to the device whole; a lazy window sequence (`pipeline.audio.MelWindows`: len,
+    # shape, slices give (t, 1, 80, 16) arrays) is sliced as needed, so long audio never exists as windows at once.
+    mel_t = mel if hasattr(mel, "shape") and not isinstance(mel, (np.ndarray, torch.Tensor)) else _as_tensor(mel, dev)
+    if len(mel_t.shape) != 4 or tuple(mel_t.shape[1:]) != (1, 80, 16) or len(mel_t) < 1:
         raise ValueError(f"mel must be (T, 1, 80, 16) windows with T >= 1, got {tuple(mel_t.shape)}")
+
+    def take(start: int, stop: int) -> torch.Tensor:
+        return _as_tensor(mel_t[start:stop], dev)  # (t, 1, 80, 16)
+
     ref = np.asarray(reference_coeffs, np.float32).reshape(-1)
     if ref.shape[0] not in (MOTION_DIM, 73) or not np.all(np.isfinite(ref[:MOTION_DIM])):
         raise ValueError(f"reference_coeffs must be 70 or 73 finite values, got shape {ref.shape}")
@@ -228,7 +235,7 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
     ref_t = torch.as_tensor(ref[:MOTION_DIM], device=dev)
     ratio_t = torch.as_tensor(ratio, device=dev)
     ref_expr = ref_t[None, :NUM_EXPRESSION]  # (1, 64)
-    expr = torch.cat([models.expnet(mel_t[None, i:i + chunk], ref_expr, ratio_t[None, i:i + chunk])[0]
+    expr = torch.cat([models.expnet(take(i, i + chunk)[None], ref_expr, ratio_t[None, i:i + chunk])[0]
                       for i in range(0, T, chunk)])  # (T, 64)
 
     pose = np.repeat(ref[None, NUM_EXPRESSION:MOTION_DIM].astype(np.float64), T, axis=0)  # (T, 6)
@@ -246,7 +253,7 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
                 starts.append(n - L)  # last window ends at the last frame
             windows = []
             for k, s in enumerate(starts):
-                m = mel_t[1 + s:1 + s + L]
+                m = take(1 + s, 1 + s + L)
                 if len(m) < L:  # audio shorter than one window: repeat the last frame's window
                     m = torch.cat([m, m[-1:].expand(L - len(m), -1, -1, -1)])
                 z = torch.randn(1, models.cfg.posevae.latent, generator=sample_generator(seed, k)).to(dev)
@@ -258,7 +265,7 @@ def generate_motion(models: Audio2Coeff, mel: np.ndarray | torch.Tensor, referen
             x = ((ref_pose - mean) / std)[None]  # (1, 6)
             out = []
             for s in range(0, n, L):
-                xs = models.pose.generator(x, mel_t[None, 1 + s:1 + s + L])  # (1, <=L, 6)
+                xs = models.pose.generator(x, take(1 + s, 1 + s + L)[None])  # (1, <=L, 6)
                 out.append(xs[0])
                 x = xs[:, -1]  # the next window continues from the last pose (MS-Sync Eq. 9)
             pose[1:] = (torch.cat(out) * std + mean).cpu().numpy()
