@@ -19,15 +19,15 @@ Configs:
 
 Stages (seconds inside one animate call, timed by wrapping the functions animate calls; they sum to the call's wall
 time up to "other"): read audio (ffmpeg decode + resample), portrait (face detection, landmarks, coefficient fit),
-audio features (Wav2Lip mel + windows), Audio2Coeff (ExpNet + PoseVAE, `generate_motion`), MappingNet (per-chunk
-`map_motion` + the source's), TAVC relation (CERL's C^a per chunk), renderer (`render`, per chunk), encoding (time
+audio features (the Wav2Lip mel; each chunk's mel windows are cut on demand inside the next two), Audio2Coeff (ExpNet +
+PoseVAE, `generate_motion`), MappingNet (per-chunk `map_motion` + the source's), TAVC relation (CERL's C^a per chunk), renderer (`render`, per chunk), encoding (time
 `media.write_video` spends beyond producing the frames: pipe writes, the encoder catching up, muxing).
 
 Inputs: the astronaut portrait of tests/mediagen.py and espeak-ng speech (sentences concatenated, then looped to the
 wanted length). Real-time factor = audio seconds / wall seconds of the animate call (>= 1 is real time).
 `--options` renders through a prepared inference copy (`InferenceOptions`, e.g. ``fastest`` = fold + fuse_spade + bf16
-where the CPU supports it): animate() itself does not pass options to render() yet, so the benchmark swaps the
-render call it makes for one on a copy prepared once per run (what exposing options in animate would give).
+where the CPU supports it), passed to animate as ``tavce animate --fast`` does (the copy is prepared once per call,
+inside the timed call).
 The CPU may be shared with other jobs: compare rows of one invocation, and prefer ratios.
 """
 
@@ -213,7 +213,7 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
     import pipeline.animate as A
     from pipeline import audio as audio_mod
     from pipeline import media
-    from pipeline.models.renderer.inference import InferenceOptions, prepare_renderer
+    from pipeline.models.renderer.inference import InferenceOptions
 
     t0 = time.perf_counter()
     m = preloaded if preloaded is not None else load_config(config, models, basis)
@@ -222,35 +222,31 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
     timer = StageTimer()
     saved = {name: getattr(A, name) for name in ("read_speech", "find_portrait", "generate_motion", "_relation",
                                                  "render")}
-    saved_mel, saved_win, saved_write = audio_mod.wav2lip_mel, audio_mod.mel_windows, media.write_video
+    saved_mel, saved_write = audio_mod.wav2lip_mel, media.write_video
     saved_map = m.renderer.map_motion
-    render_fn = saved["render"]
+    inference = None
     if options != "none":
         if options != "fastest":
             raise ValueError(f"options must be none or fastest, got {options!r}")
-        fast = prepare_renderer(m.renderer, InferenceOptions.fastest("cpu"), "cpu")
-        notes.append(f"options fastest: {InferenceOptions.fastest('cpu')}")
-
-        def render_fn(renderer: Any, *args: Any, **kwargs: Any) -> np.ndarray:  # the prepared copy, made once
-            return saved["render"](fast, *args, **kwargs)
+        inference = InferenceOptions.fastest("cpu")
+        notes.append(f"options fastest: {inference}")
     try:
         A.read_speech = timer.wrap("read_audio", saved["read_speech"])
         A.find_portrait = timer.wrap("portrait", saved["find_portrait"])
         A.generate_motion = timer.wrap("audio2coeff", saved["generate_motion"])
         A._relation = timer.wrap("relation", saved["_relation"])
-        A.render = timer.wrap("renderer", render_fn)
+        A.render = timer.wrap("renderer", saved["render"])
         audio_mod.wav2lip_mel = timer.wrap("features", saved_mel)
-        audio_mod.mel_windows = timer.wrap("features", saved_win)
         media.write_video = timer.wrap_writer(saved_write)
         m.renderer.map_motion = timer.wrap("mapping", saved_map)
         t0 = time.perf_counter()
         res = A.animate(image, audio, out, models=m, device="cpu", chunk_seconds=chunk_seconds,
-                        batch_size=batch_size, progress=False)
+                        batch_size=batch_size, progress=False, options=inference)
         wall = time.perf_counter() - t0
     finally:
         for name, fn in saved.items():
             setattr(A, name, fn)
-        audio_mod.wav2lip_mel, audio_mod.mel_windows, media.write_video = saved_mel, saved_win, saved_write
+        audio_mod.wav2lip_mel, media.write_video = saved_mel, saved_write
         del m.renderer.map_motion  # back to the class's method
     stages = {s: round(timer.seconds.get(s, 0.0), 3) for s in STAGES}
     stages["other"] = round(wall - sum(timer.seconds.values()), 3)
