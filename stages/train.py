@@ -7,8 +7,9 @@ with the renderer losses and CAR (TAVCE Algorithm 1, §III-C/D, Eq. 5-6; method.
 Each step: a driving frame and a random source frame of one training clip; the 27-frame coefficient windows of both
 -> MappingNet -> keypoint motion; the driving frame's audio relationship c^a (frozen TAVC audio encoder) -> CERL; the
 renderer reconstructs the driving frame; losses: perceptual, hinge GAN + feature matching, keypoint / deformation
-priors (+ L1 in the CPU config), and CAR: 1 − ⟨C^a_{i−1,i}, C^v_{i−1,i}⟩ with the frozen TAVC visual encoder on
-the mouth ROIs of the real previous frame and of the generated frame. MappingNet trains at `train.lr` (paper 2e-4), the
+priors (+ whole-frame L1 and an L1 on the mouth region, `loss_weights.mouth`, in the CPU config), and CAR:
+1 − ⟨C^a_{i−1,i}, C^v_{i−1,i}⟩ with the frozen TAVC visual encoder on the mouth ROIs of the real previous frame and
+of the generated frame. MappingNet trains at `train.lr` (paper 2e-4), the
 rest at `train.renderer_lr`.
 
 The paper's Table IV ablations:

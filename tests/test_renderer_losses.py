@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import numpy as np
 import torch
 
 from pipeline.checkpoint import WeightsError
@@ -325,3 +326,31 @@ def test_keypoint_anchor_loss_is_zero_on_the_landmarks_and_counts_position_and_d
     assert moving.grad[..., :2].abs().sum() > 0 and moving.grad[..., 2].abs().sum() == 0
     with pytest.raises(ValueError, match="landmark sets"):
         keypoint_anchor_loss(kp_s, kp_d, ps[:, :3], pd)
+
+
+def test_mouth_reconstruction_l1_sees_only_the_mouth_region() -> None:
+    """The `mouth` term: 0 for a perfect frame; changes inside the mouth box count, changes far from it do not;
+    the gradient reaches the prediction only."""
+    from pipeline.faces.mediapipe68 import TEMPLATE_68
+    from pipeline.losses.renderer import mouth_reconstruction_l1
+
+    S = 64
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, S, S)
+    lm = torch.tensor(np.asarray(TEMPLATE_68)[:, :2], dtype=torch.float32)  # unit square template
+    lm = (lm - lm.min(0).values) / (lm.max(0).values - lm.min(0).values) * (S * 0.6) + S * 0.2  # face in the crop
+    lm = lm[None].repeat(2, 1, 1)  # (2, 68, 2)
+    assert float(mouth_reconstruction_l1(target.clone(), target, lm)) == 0.0
+    cx, cy = (int(v) for v in lm[0, 48:68].median(0).values)
+    far = target.clone()
+    far[:, :, :4, :4] = 1 - far[:, :, :4, :4]  # the top-left corner, far from the mouth
+    assert float(mouth_reconstruction_l1(far, target, lm)) == 0.0
+    near = target.clone().requires_grad_(True)
+    moved = near + 0.0
+    moved = torch.where(torch.zeros_like(near, dtype=torch.bool).index_fill_(3, torch.tensor([cx]), True), 1 - near,
+                        near)  # one pixel column through the mouth centre inverted
+    tgt = target.clone().requires_grad_(True)
+    loss = mouth_reconstruction_l1(moved, tgt, lm)
+    assert float(loss) > 0.0
+    loss.backward()
+    assert near.grad is not None and near.grad.abs().sum() > 0 and tgt.grad is None

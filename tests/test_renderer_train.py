@@ -411,3 +411,25 @@ def test_keypoint_anchor_term_ties_the_chosen_landmarks_to_the_keypoints_and_val
         _cfg(loss_weights=RendererLossWeights(keypoint_anchor=1.0), keypoint_landmarks=(8, 30)).validate()
     with pytest.raises(ValueError, match="distinct indices"):
         _cfg(keypoint_landmarks=(8, 8, 30, 70)).validate()
+
+
+def test_mouth_term_is_computed_at_the_driving_frames_mouth_and_reaches_the_generator():
+    """`loss_weights.mouth` (this project's): the step's `mouth` term is `mouth_reconstruction_l1` at the driving
+    frame's landmarks (index 1 of the batch's pair), and its gradient reaches the generator."""
+    from pipeline.losses.renderer import mouth_reconstruction_l1
+
+    cfg = _cfg(loss_weights=RendererLossWeights(l1=10.0, mouth=50.0), augment=False)
+    trainer = _trainer(cfg)
+    g = torch.Generator().manual_seed(5)
+    points = 8 + torch.rand(2, 2, 68, 2, generator=g) * 16  # (B, source/driving, 68, 2) px of the 32-px frames
+    batch = dict(_batch(b=2, seed=5), landmarks=points)
+    step = trainer.generator_step(batch, 0)
+    drv = batch["driving"]
+    term = step.terms["mouth"]
+    assert torch.isclose(term, mouth_reconstruction_l1(step.prediction, drv, points[:, 1]))
+    assert not torch.isclose(term, mouth_reconstruction_l1(step.prediction, drv, points[:, 0]))
+    trainer.renderer.zero_grad(set_to_none=True)
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.renderer.generator.parameters())
+    off = _trainer(_cfg(loss_weights=RendererLossWeights(l1=10.0), augment=False))
+    assert "mouth" not in off.generator_step(batch, 0).terms  # weight 0: not computed

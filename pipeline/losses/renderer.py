@@ -496,6 +496,25 @@ def pose_bin_cross_entropy(logits: Sequence[torch.Tensor], ref_deg: Sequence[tor
     return torch.stack(terms).sum()
 
 
+def mouth_reconstruction_l1(pred: torch.Tensor, target: torch.Tensor, landmarks: torch.Tensor,
+                            size: int = 32) -> torch.Tensor:
+    """Mean absolute error inside the driving frame's mouth region (this project's `mouth` term).
+
+    Both (B, 3, S, S) images in [0, 1] are cut at the same square around the median mouth landmark of `landmarks`
+    ((B, 68, 2), pixels of the images), as the TAVC metric and CAR cut it (`pipeline.losses.car.mouth_roi_torch`,
+    72/256 of the crop), resampled to `size` px; the error is in [0, 1] units (ROIs are in [-1, 1], hence the 1/2).
+    The mouth covers ~8 % of a face crop, so in the whole-frame L1 and perceptual terms its error is diluted
+    twelvefold; this term weights it apart. The target gets no gradient.
+    """
+    from pipeline.losses.car import mouth_roi_torch  # car imports the TAVC model; keep this module light
+
+    if pred.shape != target.shape:
+        raise ValueError(f"mouth_reconstruction_l1: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
+    a = mouth_roi_torch(pred, landmarks, size=size)
+    b = mouth_roi_torch(target.detach(), landmarks.detach(), size=size)
+    return 0.5 * (a - b).abs().mean()
+
+
 def reconstruction_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute pixel error of (B, 3, H, W) images in [0, 1]; the target gets no gradient."""
     if pred.shape != target.shape:
@@ -516,7 +535,8 @@ class RendererLossWeights:
     face-vid2vid (0 at full size); small CPU configs may use it to converge faster. `landmark_flow`
     (:func:`landmark_flow_loss`, preprocessing's landmarks as a teacher of the dense motion) is this project's
     addition too: 0 = face-vid2vid; so is `keypoint_anchor` (:func:`keypoint_anchor_loss`, each keypoint tied to one
-    landmark). `car` is TAVCE's audio-visual regularisation (:class:`pipeline.losses.car.CARLoss`,
+    landmark), and so is `mouth` (:func:`mouth_reconstruction_l1`, L1 on the driving frame's mouth region).
+    `car` is TAVCE's audio-visual regularisation (:class:`pipeline.losses.car.CARLoss`,
     Eq. 6) of the audio-driven stage: 0 in video-driven pretraining.
     """
 
@@ -530,6 +550,7 @@ class RendererLossWeights:
     l1: float = 0.0
     landmark_flow: float = 0.0
     keypoint_anchor: float = 0.0
+    mouth: float = 0.0
     car: float = 0.0
 
     def validate(self) -> None:
@@ -561,5 +582,5 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: RendererLossWeigh
 __all__ = ["PerceptualConfig", "PerceptualPyramidLoss", "discriminator_hinge_loss",
            "generator_hinge_loss", "feature_matching_loss", "TransformConfig", "RandomTransform",
            "coordinate_grid_2d", "equivariance_loss", "keypoint_prior_loss", "deformation_prior_loss",
-           "head_pose_loss", "landmark_flow_loss", "pixels_to_grid", "reconstruction_l1", "RendererLossWeights", "weighted_total", "KP_PRIOR_DISTANCE",
+           "head_pose_loss", "landmark_flow_loss", "pixels_to_grid", "reconstruction_l1", "mouth_reconstruction_l1", "RendererLossWeights", "weighted_total", "KP_PRIOR_DISTANCE",
            "KP_PRIOR_DEPTH"]

@@ -44,7 +44,8 @@ from pipeline.losses.renderer import (PerceptualConfig, PerceptualPyramidLoss, R
                                       feature_matching_loss, generator_hinge_loss, head_pose_loss,
                                       keypoint_prior_loss, landmark_flow_loss, pixels_to_grid,
                                       keypoint_anchor_loss,
-                                      pose_bin_cross_entropy, reconstruction_l1, weighted_total)
+                                      mouth_reconstruction_l1, pose_bin_cross_entropy, reconstruction_l1,
+                                      weighted_total)
 from pipeline.metrics.bootstrap import bootstrap_ci
 from pipeline.models import count_parameters
 from pipeline.models.renderer.keypoints import HeadMotion, bins_to_degrees, transform_keypoints
@@ -263,6 +264,8 @@ class RendererTrainer:
             terms["perceptual"] = self.perceptual(pred, drv)
         if w.l1 > 0:
             terms["l1"] = reconstruction_l1(pred, drv)
+        if w.mouth > 0:  # the driving frame's mouth region, placed by its landmarks (S px)
+            terms["mouth"] = mouth_reconstruction_l1(pred, drv, batch["landmarks"][:, 1].to(self.device))
         if self.gan_active(step):
             fake = self.discriminator(pred)
             if w.gan > 0:

@@ -69,6 +69,7 @@ class AudioDrivenLossWeights:
     head_pose: float = 0.0  # with pose_teacher: coefficients, MappingNet's angles against its input's pose
     l1: float = 0.0
     keypoint_anchor: float = 0.0  # keypoints tied to the landmarks pretraining tied them to (its keypoint_landmarks)
+    mouth: float = 0.0  # L1 on the driving frame's mouth region (this project's; 0 = the paper)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def renderer_config(cfg: TrainTAVCEConfig, init_model: RendererConfig,
     weights = RendererLossWeights(perceptual=w.perceptual, gan=w.gan, feature_matching=w.feature_matching,
                                   equivariance=0.0, keypoint_prior=w.keypoint_prior, head_pose=w.head_pose,
                                   deformation_prior=w.deformation_prior, l1=w.l1, landmark_flow=0.0,
-                                  keypoint_anchor=w.keypoint_anchor, car=cfg.car.weight)
+                                  keypoint_anchor=w.keypoint_anchor, mouth=w.mouth, car=cfg.car.weight)
     out = TrainRendererConfig(
         model=model, perceptual=cfg.perceptual, loss_weights=weights, batch_size=cfg.batch_size,
         lr=cfg.renderer_lr, mapping_lr=cfg.lr, betas=cfg.betas, lr_schedule=cfg.lr_schedule, steps=cfg.steps,
