@@ -99,8 +99,10 @@ def _frames(signal: np.ndarray, frame_length: int, hop_length: int) -> np.ndarra
 
 def rms_dbfs(wav: np.ndarray) -> float:
     """RMS level of a float waveform in dB relative to full scale (1.0); ``-inf`` for digital silence."""
-    w = _as_waveform(wav).astype(np.float64)
-    power = float(np.mean(w * w))
+    w = _as_waveform(wav)
+    block = 1 << 20  # float64 squares of one block at a time (minutes of audio: no 8-byte copy of the whole)
+    total = sum(float(np.sum(np.square(w[i:i + block], dtype=np.float64))) for i in range(0, w.size, block))
+    power = total / w.size
     return 10.0 * math.log10(power) if power > 0 else -math.inf
 
 

@@ -300,6 +300,29 @@ def check_duration(info: MediaInfo, min_seconds: float) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Audio
 # ---------------------------------------------------------------------------------------------------------------
+def _read_pipe(cmd: list[str], chunk: int = 1 << 20) -> tuple[bytearray, bytes, int]:
+    """Run `cmd`, reading its stdout into one growing bytearray (stderr drained by a thread, so a chatty decoder
+    cannot block on a full pipe). Returns (stdout bytes, stderr bytes, exit status)."""
+    import threading
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err: list[bytes] = []
+    drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
+    buf = bytearray()
+    try:
+        while True:
+            part = proc.stdout.read(chunk)  # type: ignore[union-attr]
+            if not part:
+                break
+            buf += part
+    finally:
+        proc.stdout.close()  # type: ignore[union-attr]
+        rc = proc.wait()
+        drain.join()
+    return buf, err[0] if err else b"", rc
+
+
 def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream, downmixed to mono and resampled by ffmpeg, on the video's clock.
 
@@ -315,21 +338,20 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         MediaError: ``no_audio_stream``, ``decode_error`` (or a probe reason).
     """
     _require("ffmpeg")
-    try:
-        out, _ = (
-            ffmpeg.input(str(path))
-            .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-            .run(capture_stdout=True, capture_stderr=True)
-        )
-    except ffmpeg.Error as err:
+    cmd = (ffmpeg.input(str(path))
+           .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, map="0:a:0")
+           .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+           .compile())
+    buf, stderr, rc = _read_pipe(cmd)
+    if rc != 0:
         # Only now pay for ffprobe (~90 ms start-up), to say why: not_found / corrupt / no_audio_stream.
         info = probe(path)  # raises its own MediaError for unreadable files
         if not info.has_audio:
-            raise MediaError(path, "no_audio_stream") from err
-        line = _last_meaningful_line(err.stderr)
-        raise MediaError(path, _reason_from_stderr(line, "decode_error"), line) from err
-    wav = np.frombuffer(out, dtype="<f4").astype(np.float32)  # copy: frombuffer is read-only
+            raise MediaError(path, "no_audio_stream")
+        line = _last_meaningful_line(stderr)
+        raise MediaError(path, _reason_from_stderr(line, "decode_error"), line)
+    # A writable view of the bytes read (no copy): long recordings exist once in memory, not three times.
+    wav = np.frombuffer(buf, dtype="<f4", count=len(buf) // 4)
     if wav.size == 0:
         raise MediaError(path, "decode_error", "audio stream decoded to 0 samples")
     info = probe(path)  # cached after the caller's probe
