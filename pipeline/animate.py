@@ -322,7 +322,8 @@ def speech_motion(models: AnimateModels, wav: np.ndarray, reference: np.ndarray,
     return windows, motion
 
 
-def _relation(tavc: TAVC | None, windows: np.ndarray | audio_mod.MelWindows, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+def _relation(tavc: TAVC | None, windows: np.ndarray | audio_mod.MelWindows, start: int, stop: int,
+              device: torch.device) -> torch.Tensor | None:
     """C^a of frames (i-1, i) for i in [start, stop): (t, D, D), as the renderer was trained (frame 0 pairs with
     itself)."""
     if tavc is None:
