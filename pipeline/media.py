@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -303,8 +304,6 @@ def check_duration(info: MediaInfo, min_seconds: float) -> None:
 def _read_pipe(cmd: list[str], chunk: int = 1 << 20) -> tuple[bytearray, bytes, int]:
     """Run `cmd`, reading its stdout into one growing bytearray (stderr drained by a thread, so a chatty decoder
     cannot block on a full pipe). Returns (stdout bytes, stderr bytes, exit status)."""
-    import threading
-
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list[bytes] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]

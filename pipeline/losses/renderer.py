@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import load_state_strict, map_keys, read_weight_file
+from pipeline.losses.car import mouth_roi_torch
 from pipeline.models.renderer.blocks import AntiAliasInterpolation2d, make_coordinate_grid
 from pipeline.models.renderer.keypoints import BIN_WIDTH_DEG
 
@@ -506,8 +507,6 @@ def mouth_reconstruction_l1(pred: torch.Tensor, target: torch.Tensor, landmarks:
     The mouth covers ~8 % of a face crop, so in the whole-frame L1 and perceptual terms its error is diluted
     twelvefold; this term weights it apart. The target gets no gradient.
     """
-    from pipeline.losses.car import mouth_roi_torch  # car imports the TAVC model; keep this module light
-
     if pred.shape != target.shape:
         raise ValueError(f"mouth_reconstruction_l1: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
     a = mouth_roi_torch(pred, landmarks, size=size)

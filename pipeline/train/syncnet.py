@@ -137,7 +137,6 @@ def embed_audio(model: SyncNet, mfcc: np.ndarray, n_windows: int, batch: int) ->
     return torch.cat(out)  # (N, D)
 
 
-
 def shuffle_partner(clips: list[SyncClip], i: int) -> int:
     """Index of the clip whose audio replaces clip i's in the shuffled test: the first clip of another speaker from
     half-way round the list on (so the partners differ from clip to clip), else the clip half-way round."""
