@@ -5,6 +5,7 @@ item 3).
     python benchmarks/animate_fps.py --quick              # smoke run: small at 3 s, full at 1 s
     python benchmarks/animate_fps.py --runs small:10 full:4 --options fastest --json reports/animate_fps.json
     python benchmarks/animate_fps.py --runs small:300     # long audio: bounded memory (compare with small:30)
+    python benchmarks/animate_fps.py --device cuda --runs full:30 --batch-size 32 --options fastest   # one GPU
 
 Each run (``config:seconds``) is one `pipeline.animate.animate` call in a fresh child process, so its peak resident
 memory (``ru_maxrss`` of that process) is its own; the ffmpeg encoder's CPU time (``RUSAGE_CHILDREN`` of the child)
@@ -25,9 +26,14 @@ PoseVAE, `generate_motion`), MappingNet (per-chunk `map_motion` + the source's),
 
 Inputs: the astronaut portrait of tests/mediagen.py and espeak-ng speech (sentences concatenated, then looped to the
 wanted length). Real-time factor = audio seconds / wall seconds of the animate call (>= 1 is real time).
-`--options` renders through a prepared inference copy (`InferenceOptions`, e.g. ``fastest`` = fold + fuse_spade + bf16
-where the CPU supports it), passed to animate as ``tavce animate --fast`` does (the copy is prepared once per call,
-inside the timed call).
+`--options` renders through a prepared inference copy (`InferenceOptions.fastest(device)`: fold + fuse_spade + bf16
+where the CPU supports it; on CUDA fp16 + channels-last + CUDA graphs), passed to animate as ``tavce animate --fast``
+does (the copy is prepared once per call, inside the timed call; CUDA graphs are captured inside it too).
+`--device cuda` runs animate on the GPU (the renderer, MappingNet and the TAVC relation; Audio2Coeff stays where
+`animate` puts it) and adds the peak allocated GPU memory. `--portrait-cache DIR` keeps the portrait stage's result
+(the crop and coefficients that mediapipe found) in DIR/portrait_<config>.pkl: the first run finds it and writes the file, later runs read it
+and report the portrait stage as 0 with a note giving the time measured when it was found. It exists for machines
+without mediapipe (the lent GPU machine): find the portrait on the CPU machine, carry the file.
 The CPU may be shared with other jobs: compare rows of one invocation, and prefer ratios.
 """
 
@@ -83,10 +89,13 @@ class Measurement:
     renderer_ms_per_frame: float
     stages_s: dict[str, float]
     peak_rss_mb: float  # the child process (models, frames in flight)
+    peak_gpu_mb: float | None
     encoder_cpu_s: float  # CPU seconds of the ffmpeg children (their ru_maxrss is not theirs: a fork counts the parent's)
     threads: int
     chunk_seconds: float
     batch_size: int
+    device: str = "cpu"
+    encoder_threads: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -199,9 +208,32 @@ class StageTimer:
         return timed
 
 
+def cached_portrait(cache: Path, find: Callable[..., Any]) -> tuple[Callable[..., Any], list[str], bool]:
+    """`find_portrait` through a cache file: found and written when `cache` is missing, else read back (see the
+    module docstring). Returns the function animate should call, the notes for the measurement and whether the
+    portrait is read back (then the stage was not measured in this run)."""
+    import pickle
+
+    if cache.is_file():
+        saved = pickle.loads(cache.read_bytes())
+        note = (f"portrait: read from {cache.name} (found beforehand in {saved['seconds']:.2f} s on "
+                f"{saved['machine']}); the portrait column is 0")
+        return (lambda *args, **kwargs: saved["portrait"]), [note], True
+
+    def find_and_save(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        portrait = find(*args, **kwargs)
+        seconds = time.perf_counter() - t0
+        cache.write_bytes(pickle.dumps({"portrait": portrait, "seconds": seconds,
+                                        "machine": f"{os.cpu_count()}-core CPU machine"}))
+        return portrait
+    return find_and_save, [f"portrait: found here and written to {cache.name}"], False
+
+
 def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = ROOT / "models",
             basis: Path | None = None, options: str = "none", chunk_seconds: float = 4.0, batch_size: int = 8,
-            preloaded: Any | None = None) -> Measurement:
+            preloaded: Any | None = None, device: str = "cpu", portrait_cache: Path | None = None,
+            encoder_threads: int = 0) -> Measurement:
     """One animate call with its per-stage times; the peak memory figures are this process's (run it alone).
 
     Args:
@@ -209,6 +241,8 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
         image, audio, out: animate's inputs and output.
         options: ``none`` (animate as it is) or ``fastest`` (InferenceOptions.fastest on a copy prepared once).
         preloaded: AnimateModels to use instead of loading `config` (tests).
+        device: animate's device (``cpu`` or ``cuda``).
+        portrait_cache: see `cached_portrait`.
     """
     import pipeline.animate as A
     from pipeline import audio as audio_mod
@@ -228,11 +262,18 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
     if options != "none":
         if options != "fastest":
             raise ValueError(f"options must be none or fastest, got {options!r}")
-        inference = InferenceOptions.fastest("cpu")
-        notes.append(f"options fastest: {inference}")
+        inference = InferenceOptions.fastest(device)
+        notes.append(f"options fastest ({device}): {inference}")
+    find, replayed = saved["find_portrait"], False
+    if portrait_cache is not None:
+        find, cache_notes, replayed = cached_portrait(portrait_cache, find)
+        notes += cache_notes
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     try:
         A.read_speech = timer.wrap("read_audio", saved["read_speech"])
-        A.find_portrait = timer.wrap("portrait", saved["find_portrait"])
+        A.find_portrait = timer.wrap("portrait", find)
         A.generate_motion = timer.wrap("audio2coeff", saved["generate_motion"])
         A._relation = timer.wrap("relation", saved["_relation"])
         A.render = timer.wrap("renderer", saved["render"])
@@ -240,22 +281,25 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
         media.write_video = timer.wrap_writer(saved_write)
         m.renderer.map_motion = timer.wrap("mapping", saved_map)
         t0 = time.perf_counter()
-        res = A.animate(image, audio, out, models=m, device="cpu", chunk_seconds=chunk_seconds,
-                        batch_size=batch_size, progress=False, options=inference)
+        res = A.animate(image, audio, out, models=m, device=device, chunk_seconds=chunk_seconds,
+                        batch_size=batch_size, progress=False, options=inference, encoder_threads=encoder_threads)
         wall = time.perf_counter() - t0
     finally:
         for name, fn in saved.items():
             setattr(A, name, fn)
         audio_mod.wav2lip_mel, media.write_video = saved_mel, saved_write
         del m.renderer.map_motion  # back to the class's method
+    if replayed:
+        timer.seconds["portrait"] = 0.0  # the cache read is no measurement of the stage
     stages = {s: round(timer.seconds.get(s, 0.0), 3) for s in STAGES}
     stages["other"] = round(wall - sum(timer.seconds.values()), 3)
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return Measurement(config, options, res.seconds, res.frames, round(load_s, 2), round(wall, 2),
                        round(res.frames / wall, 2), round(res.seconds / wall, 3),
                        round(1000 * timer.seconds["renderer"] / res.frames, 1), stages, round(me.ru_maxrss / 1024, 1),
+                       round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
                        round(kids.ru_utime + kids.ru_stime, 2),
-                       torch.get_num_threads(), chunk_seconds, batch_size, notes)
+                       torch.get_num_threads(), chunk_seconds, batch_size, device, encoder_threads, notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,11 +307,20 @@ def measure(config: str, image: Path, audio: Path, out: Path, *, models: Path = 
 # ----------------------------------------------------------------------------------------------------------------
 def run_child(config: str, seconds: float, work: Path, args: argparse.Namespace) -> Measurement:
     audio = work / f"speech_{seconds:g}s.wav"
+    if not audio.exists() and args.speech and (args.speech / audio.name).is_file():
+        shutil.copy(args.speech / audio.name, audio)
     if not audio.exists():
         speech_wav(audio, seconds)
+        if args.speech:  # keep it for machines without espeak-ng
+            args.speech.mkdir(parents=True, exist_ok=True)
+            shutil.copy(audio, args.speech / audio.name)
     cmd = [sys.executable, __file__, "--child", config, "--image", str(work / "portrait.png"), "--audio", str(audio),
            "--out", str(work / f"{config}_{seconds:g}s.mp4"), "--models", str(args.models), "--options", args.options,
-           "--chunk-seconds", str(args.chunk_seconds), "--batch-size", str(args.batch_size)]
+           "--chunk-seconds", str(args.chunk_seconds), "--batch-size", str(args.batch_size), "--device", args.device,
+           "--encoder-threads", str(args.encoder_threads)]
+    if args.portrait_cache:
+        args.portrait_cache.mkdir(parents=True, exist_ok=True)
+        cmd += ["--portrait-cache", str(args.portrait_cache / f"portrait_{config}.pkl")]
     if args.basis:
         cmd += ["--basis", str(args.basis)]
     if args.threads:
@@ -281,13 +334,14 @@ def run_child(config: str, seconds: float, work: Path, args: argparse.Namespace)
 def table(rows: list[Measurement]) -> str:
     head = (f"{'config':6} {'opts':7} {'audio s':>7} {'frames':>6} {'load s':>6} {'wall s':>7} {'fps':>6} {'RTF':>6} "
             f"{'ms/fr':>7} " + " ".join(f"{s[:9]:>9}" for s in (*STAGES, "other"))
-            + f" {'peak MB':>8} {'ffmpeg cpu':>10}")
+            + f" {'peak MB':>8} {'GPU MB':>7} {'ffmpeg cpu':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.config:6} {r.options:7} {r.audio_s:7.1f} {r.frames:6d} {r.load_s:6.1f} {r.wall_s:7.1f} "
                      f"{r.frames_per_s:6.2f} {r.realtime_factor:6.3f} {r.renderer_ms_per_frame:7.1f} "
                      + " ".join(f"{r.stages_s[s]:9.2f}" for s in (*STAGES, "other"))
-                     + f" {r.peak_rss_mb:8.0f} {r.encoder_cpu_s:10.1f}")
+                     + f" {r.peak_rss_mb:8.0f} {'-' if r.peak_gpu_mb is None else f'{r.peak_gpu_mb:.0f}':>7}"
+                     + f" {r.encoder_cpu_s:10.1f}")
     return "\n".join(lines)
 
 
@@ -302,6 +356,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--encoder-threads", type=int, default=0,
+                   help="animate's x264 threads (default 0: ffmpeg's choice; 1: the earlier single-threaded encoder)")
+    p.add_argument("--portrait-cache", type=Path, default=None, metavar="DIR",
+                   help="find the portrait once per config and keep it in DIR (for machines without mediapipe)")
+    p.add_argument("--speech", type=Path, default=None,
+                   help="folder of speech_<s>s.wav inputs: used when there, else made with espeak-ng and kept there")
     p.add_argument("--child", choices=("small", "full"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
@@ -311,7 +372,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         r = measure(args.child, args.image, args.audio, args.out, models=args.models, basis=args.basis,
-                    options=args.options, chunk_seconds=args.chunk_seconds, batch_size=args.batch_size)
+                    options=args.options, chunk_seconds=args.chunk_seconds, batch_size=args.batch_size,
+                    device=args.device, portrait_cache=args.portrait_cache, encoder_threads=args.encoder_threads)
         print(json.dumps(asdict(r)))
         return
     runs = args.runs or list(QUICK_RUNS if args.quick else DEFAULT_RUNS)
@@ -327,8 +389,10 @@ def main() -> None:
                   flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"# {' '.join(sys.argv)}  (CPU: {os.cpu_count()} cores, torch threads {rows[0].threads if rows else '?'}, "
-          f"chunk {args.chunk_seconds} s, batch {args.batch_size}; stage columns in seconds)")
+    gpu = f", GPU: {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(f"# {' '.join(sys.argv)}  (CPU: {os.cpu_count()} cores{gpu}, torch threads {rows[0].threads if rows else '?'}, "
+          f"chunk {args.chunk_seconds} s, batch {args.batch_size}, encoder threads {args.encoder_threads}; "
+          "stage columns in seconds)")
     print(table(rows))
     for note in sorted({n for r in rows for n in r.notes}):
         print(f"# {note}")

@@ -389,7 +389,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
             face_index: int | None = None, paste_back_full: bool = False, gif: bool = False, device: str = "auto",
             batch_size: int = 8, chunk_seconds: float = 4.0, crop_scale: float | None = None,
             expression_basis: str | os.PathLike[str] | None = None, progress: bool = True,
-            options: InferenceOptions | None = None) -> AnimateResult:
+            options: InferenceOptions | None = None, encoder_threads: int = 0) -> AnimateResult:
     """Animate one portrait with one speech recording (the library call behind ``tavce animate``).
 
     Args:
@@ -411,6 +411,9 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
         options: renderer inference switches (issue 16; e.g. ``InferenceOptions.fastest(device)``: folded
             normalisation, fused SPADE, bf16 where the CPU has it); one inference copy is prepared for the whole call.
             None = the trained model's own fp32 arithmetic.
+        encoder_threads: x264 threads; 0 = ffmpeg's choice by the CPU count (x264's threaded output is the same on
+            every run with the same count), 1 = byte-identical files on any machine. With one thread x264 was half
+            of `animate`'s time at 256 px on a GPU machine (benchmarks/animate_fps.py).
     """
     from tqdm import tqdm
 
@@ -458,7 +461,8 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
             yield part
 
     try:
-        media.write_video(out, frames(), fps=audio_mod.FPS, audio=wav, sample_rate=audio_mod.SAMPLE_RATE)
+        media.write_video(out, frames(), fps=audio_mod.FPS, audio=wav, sample_rate=audio_mod.SAMPLE_RATE,
+                          threads=encoder_threads)
     finally:
         bar.close()
     gif_path = None

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -40,7 +41,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-import decord
 import ffmpeg  # ffmpeg-python
 import numpy as np
 
@@ -69,8 +69,19 @@ DEFAULT_PRESET = "medium"  # libx264 preset
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 DEFAULT_AUDIO_BITRATE = "192k"  # AAC
-# decord raises DECORDError from its C++ checks, and a plain RuntimeError when it cannot open a file.
-_DECORD_ERRORS = (decord.DECORDError, RuntimeError)
+
+
+def _decord() -> Any:
+    """decord, imported on first use: reading audio and writing video (all that `animate` needs) never decode
+    video with it, so those paths run where decord is not installed (e.g. a GPU machine measuring `animate`)."""
+    import decord
+
+    return decord
+
+
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    """decord raises DECORDError from its C++ checks, and a plain RuntimeError when it cannot open a file."""
+    return (_decord().DECORDError, RuntimeError)
 
 
 class MediaError(Exception):
@@ -457,11 +468,12 @@ class _VideoSource:
         self.path = path
         # Non-ASCII file names (clip_é_日本.mp4) open fine: decord passes the name as UTF-8 (tested).
         try:
+            decord = _decord()
             self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
             n = len(self.reader)
             stamps = np.asarray(self.reader.get_frame_timestamp(np.arange(n)), dtype=np.float64) if n else None
             self.source_fps = float(self.reader.get_avg_fps())
-        except _DECORD_ERRORS as err:
+        except _decord_errors() as err:
             raise _open_failure(path, err) from err
         if stamps is None:
             raise _open_failure(path, RuntimeError("decord found 0 frames"))
@@ -472,7 +484,7 @@ class _VideoSource:
         unique, inverse = np.unique(indices, return_inverse=True)
         try:
             batch = self.reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3)
-        except _DECORD_ERRORS as err:
+        except _decord_errors() as err:
             raise MediaError(self.path, "decode_error", _decord_message(err)) from err
         if batch.shape[0] != unique.size or batch.ndim != 4 or batch.shape[-1] != 3:
             raise MediaError(self.path, "decode_error", f"decord returned shape {batch.shape}")
@@ -630,6 +642,43 @@ def read_frames(path: str | os.PathLike[str], start: int, count: int, fps: float
     return np.concatenate(out)
 
 
+class _StdinWriter:
+    """Feeds a process's stdin from a thread, so that the caller produces the next chunk (decoding, rendering) while
+    the encoder reads this one; before, the two took turns. At most `depth` chunks wait in the queue (bounded
+    memory). A broken pipe (the encoder died) stops the writing; the encoder's exit code and stderr then say why."""
+
+    def __init__(self, stream: Any, depth: int = 2) -> None:
+        self.stream = stream
+        self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="ffmpeg-stdin", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking chunks, so that the producer never blocks on a full queue
+            try:
+                self.stream.write(memoryview(chunk.reshape(-1)))
+            except BaseException as err:  # BrokenPipeError: ffmpeg died
+                self.error = err
+
+    def put(self, chunk: np.ndarray) -> None:
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        """Waits until every queued chunk is written, then closes stdin; re-raises a write error other than a
+        broken pipe."""
+        self.queue.put(None)
+        self.thread.join()
+        try:
+            self.stream.close()
+        except BrokenPipeError:
+            pass
+        if self.error is not None and not isinstance(self.error, BrokenPipeError):
+            raise self.error
+
+
 def write_video(
     path: str | os.PathLike[str],
     frames: np.ndarray | Iterable[np.ndarray],
@@ -650,7 +699,8 @@ def write_video(
     ``os.replace``-d onto ``path``, so readers never see a half-written video. With ``threads=1`` and bitexact flags
     the output bytes are a function of the inputs only (same ffmpeg/x264 build).
     ``frames`` may also be an iterable of (t, H, W, 3) chunks, streamed to the encoder one at a time so that long
-    videos never sit in memory whole.
+    videos never sit in memory whole. A thread writes them to the encoder, so producing the next chunk overlaps
+    encoding this one (two chunks wait at most).
 
     Fidelity (measured, 8-bit BT.601): yuv420p halves chroma resolution, which caps the RGB PSNR of colourful
     content at ~37 dB even at crf 0 (luma PSNR ~45 dB; ~43 dB at crf 15). ``pix_fmt="yuv444p"`` keeps full chroma
@@ -664,7 +714,8 @@ def write_video(
         audio: (S,) float mono in [-1, 1] at ``sample_rate``, or None for a silent video (no audio stream).
         crf: libx264 constant rate factor (0 lossless ... 51); 15 is near-lossless.
         preset: libx264 speed/size preset.
-        threads: encoder threads; 1 makes the output deterministic.
+        threads: encoder threads (0 = ffmpeg picks by the CPU count); 1 gives the same bytes on any machine,
+            more give the same bytes for the same count (x264 threading is deterministic).
         pix_fmt: "yuv420p" (plays everywhere) or "yuv444p" (full chroma resolution, any frame size).
         audio_rate: sample rate of the encoded audio (ffmpeg resamples); None keeps ``sample_rate``.
         audio_bitrate: AAC bitrate.
@@ -730,15 +781,17 @@ def write_video(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
         ) as proc:
             assert proc.stdin is not None
+            writer = _StdinWriter(proc.stdin)
             try:
-                for chunk in itertools.chain([first], chunks):
-                    chunk = check(np.asarray(chunk))
-                    proc.stdin.write(chunk.tobytes())
+                for given in itertools.chain([first], chunks):
+                    chunk = check(np.asarray(given))
+                    # Written later, from the thread: a copy, so that the caller may reuse its buffer.
+                    writer.put(chunk.copy() if np.shares_memory(chunk, given) else chunk)
                     n += chunk.shape[0]
-            except BrokenPipeError:
-                pass  # ffmpeg died; its exit code and stderr say why
+                    if writer.error is not None:
+                        break  # ffmpeg died; its exit code and stderr say why
             finally:
-                proc.stdin.close()
+                writer.close()
             returncode = proc.wait()
             err.seek(0)
             stderr = err.read().decode("utf-8", "replace").strip()

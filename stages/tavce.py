@@ -122,7 +122,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
     result = animate(args.image, args.audio, args.out, models=models, pose_style=args.pose_style, seed=args.seed,
                      face_index=args.face_index, paste_back_full=args.paste_back, gif=args.gif, device=args.device,
                      batch_size=args.batch_size, chunk_seconds=args.chunk_seconds, crop_scale=args.crop_scale,
-                     expression_basis=args.expression_basis, progress=not args.quiet, options=options)
+                     expression_basis=args.expression_basis, progress=not args.quiet, options=options,
+                     encoder_threads=args.encoder_threads)
     extra = f" and {result.gif}" if result.gif else ""
     print(f"wrote {result.out}{extra}: {result.frames} frames ({result.seconds:.2f} s at 25 fps), "
           f"{result.size[1]}x{result.size[0]}")
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render with the measured-fastest inference switches for the device (folded normalisation, "
                         "fused SPADE convolutions, bf16 on CPUs with AVX-512 BF16, fp16 + CUDA graphs on GPUs; "
                         "README: renderer speed); frames differ slightly from the default fp32 path")
+    a.add_argument("--encoder-threads", type=int, default=0,
+                   help="x264 threads (default 0: ffmpeg picks by the CPU count; 1: the same bytes on any machine)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_animate)
     e = sub.add_parser("export", help="a pipeline run's models -> one shareable .tavce file",
