@@ -3,7 +3,9 @@
     python benchmarks/tavc_loader.py [--processed data/processed] [--steps 40] [--params params.yaml]
 
 Measured in one run on the same keyed batches (figures are batches/s; ratios matter on a noisy machine):
-- "loader, cold": a fresh DataLoader with 0 / 1 / 2 workers (decord seeks + mouth ROI crops, empty ROI cache),
+- "loader, cold, stored ROIs": a fresh DataLoader with 0 / 1 / 2 workers reading the mouth ROIs that preprocessing
+  stored with the features (`preprocess.mouth_roi_quality`; one small JPEG decode per ROI, no seek), empty caches;
+- "loader, cold, decoding": the same without the stored ROIs (decord seeks + mouth ROI crops, empty ROI cache),
   without and with the prefetch of `prefetch_frames` neighbours per seek;
 - "loader, warm": the same batches again through a dataset whose ROI cache is filled (what later epochs see);
 - "model step": forward + backward + Adam step of the small config (params.yaml) and of the full-size config
@@ -24,7 +26,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.config import from_dict  # noqa: E402
-from pipeline.data.corpus import load_clips  # noqa: E402
+from pipeline.data.corpus import STORED_ROI_KEYS, FeatureStore, load_clips  # noqa: E402
 from pipeline.data.tavc import TAVCDataset, min_clip_frames  # noqa: E402
 from pipeline.losses.tavc import TAVCLoss  # noqa: E402
 from pipeline.models.tavc import TAVC  # noqa: E402
@@ -75,13 +77,20 @@ def main() -> None:
     full = from_dict(TrainTAVCConfig, yaml.safe_load(args.full_params.read_text())["train_tavc"], "train_tavc")
     clips = load_clips(args.processed, small.train_splits, min_clip_frames(small.tau))
     rows = []
+    stored = FeatureStore().has(clips[0], STORED_ROI_KEYS[0])
+    if stored:
+        for workers in (0, 1, 2):
+            ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb, small.prefetch_frames)
+            rows.append((f"loader, cold, stored ROIs, {workers} worker(s)",
+                         loader_rate(ds, small.batch_size, args.steps, workers)))
     for workers in (0, 1, 2):
-        ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb)
-        rows.append((f"loader, cold, no prefetch, {workers} worker(s)",
+        ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb, stored_rois=False)
+        rows.append((f"loader, cold, decoding, no prefetch, {workers} worker(s)",
                      loader_rate(ds, small.batch_size, args.steps, workers)))
     for workers in (0, 1, 2):
-        ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb, small.prefetch_frames)
-        rows.append((f"loader, cold, prefetch {small.prefetch_frames}, {workers} worker(s)",
+        ds = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb, small.prefetch_frames,
+                         stored_rois=False)
+        rows.append((f"loader, cold, decoding, prefetch {small.prefetch_frames}, {workers} worker(s)",
                      loader_rate(ds, small.batch_size, args.steps, workers)))
     warm = TAVCDataset(clips, 0, small.tau, small.augment, small.roi_cache_mb)
     loader_rate(warm, small.batch_size, args.steps, 0)
@@ -91,11 +100,12 @@ def main() -> None:
     rows.append((f"model step, full config ({full.batch_size}/batch)", model_rate(full, batch, args.full_steps)))
 
     ref = rows[-2][1]
-    print(f"\nTAVC input pipeline vs model, {len(clips)} train clips, torch threads {torch.get_num_threads()}\n")
-    print(f"| {'measurement':<44} | batches/s | vs small model step |")
-    print(f"|{'-' * 46}|-----------|---------------------|")
+    print(f"\nTAVC input pipeline vs model, {len(clips)} train clips, torch threads {torch.get_num_threads()}"
+          f"{'' if stored else ' (this corpus has no stored mouth ROIs: preprocess with mouth_roi_quality set)'}\n")
+    print(f"| {'measurement':<52} | batches/s | vs small model step |")
+    print(f"|{'-' * 54}|-----------|---------------------|")
     for name, rate in rows:
-        print(f"| {name:<44} | {rate:9.2f} | {rate / ref:19.2f} |")
+        print(f"| {name:<52} | {rate:9.2f} | {rate / ref:19.2f} |")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import numpy as np
 from pipeline import audio as audio_features
 from pipeline import media
 from pipeline.config import CommonConfig, to_dict
+from pipeline.data import corpus as corpus_mod
 from pipeline.faces import bfm as bfm_mod
 from pipeline.faces import coeffs as coeffs_mod
 from pipeline.faces import deep3d as deep3d_mod
@@ -141,6 +142,10 @@ class PreprocessConfig:
             ~1.7× larger (README, preprocess).
         keyframe_interval_s: at most this many seconds between keyframes of the cropped clips (1.0: one a second,
             so a loader seeking to a random frame decodes at most 25 frames); null = x264's default (250 frames).
+        mouth_roi_quality: JPEG quality of the mouth ROIs (method.md §1, 112 px) cut from each cropped frame before
+            encoding and stored with the clip's features, so that the TAVC loader decodes a small JPEG instead of
+            seeking into the clip (~3.3 KB per frame at 95, ~45 dB against the ROI); null = none stored (the loader
+            then decodes the clips, as before issue 16).
         landmark_mode: mediapipe backend only: `per_frame` (face detection on every frame) or `tracking` (the face
             mesh follows the face, detection every `detect_interval` frames and whenever the track is lost or
             jumps; `pipeline.faces.landmarks.MediapipeBackend`).
@@ -178,6 +183,7 @@ class PreprocessConfig:
     crf: int = 15
     encoder_preset: str = "superfast"
     keyframe_interval_s: float | None = 1.0
+    mouth_roi_quality: int | None = 95
     landmark_mode: Literal["per_frame", "tracking"] = "tracking"
     detect_interval: int = 25
     max_memory_mb: int = 2048
@@ -212,6 +218,8 @@ class PreprocessConfig:
                              f"got {self.encoder_preset!r}")
         if self.keyframe_interval_s is not None and not self.keyframe_interval_s > 0:
             raise ValueError(f"keyframe_interval_s must be > 0 or null, got {self.keyframe_interval_s}")
+        if self.mouth_roi_quality is not None and not 1 <= self.mouth_roi_quality <= 100:
+            raise ValueError(f"mouth_roi_quality must be in 1..100 or null, got {self.mouth_roi_quality}")
         if self.landmark_mode not in ("per_frame", "tracking"):
             raise ValueError(f"landmark_mode must be per_frame | tracking, got {self.landmark_mode!r}")
         if self.detect_interval < 1:
@@ -235,7 +243,8 @@ class PreprocessConfig:
             d.pop(k)
         # Switches added later leave the fingerprint as it was while they keep the earlier behaviour (caches stay
         # valid); detect_interval only matters in tracking mode.
-        for k, before in (("encoder_preset", "medium"), ("keyframe_interval_s", None), ("landmark_mode", "per_frame")):
+        for k, before in (("encoder_preset", "medium"), ("keyframe_interval_s", None), ("landmark_mode", "per_frame"),
+                          ("mouth_roi_quality", None)):
             if d[k] == before:
                 d.pop(k)
         if self.backend != "mediapipe":
@@ -441,6 +450,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
 
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
     estimates: list[deep3d_mod.Deep3DResult] = []
+    rois: list[np.ndarray] = []  # (112, 112, 3) each, from the frames as they go to the encoder
 
     def cropped() -> Iterator[np.ndarray]:
         done = 0
@@ -448,20 +458,27 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
             part = crop_mod.apply_crop(c, crop, size)  # (t, S, S, 3)
             if coeff_estimator is not None:
                 estimates.append(coeff_estimator(part, lms[done:done + len(part)]))
-                done += len(part)
+            if cfg.mouth_roi_quality is not None:
+                rois.extend(corpus_mod.mouth_roi(frame, lms[done + k]) for k, frame in enumerate(part))
+            done += len(part)
             yield part
 
     keyint = None if cfg.keyframe_interval_s is None else max(1, round(cfg.keyframe_interval_s * common.fps))
     media.write_video(clip_path, cropped(), fps=common.fps, audio=wav, sample_rate=common.sample_rate, crf=cfg.crf,
                       preset=cfg.encoder_preset, keyint=keyint)
     extra: dict[str, np.ndarray] = {}
+    if cfg.mouth_roi_quality is not None:
+        if len(rois) != n:
+            raise RuntimeError(f"{src}: mouth ROIs for {len(rois)} frames, the clip has {n}")
+        extra["mouth_roi_jpeg"], extra["mouth_roi_offsets"] = corpus_mod.encode_mouth_rois(rois, cfg.mouth_roi_quality)
+        del rois[:]
     if coeff_estimator is not None:
         deep = np.concatenate([e.coeffs for e in estimates]) if estimates else np.zeros((0, deep3d_mod.NUM_COEFFS))
         if len(deep) != n:
             raise RuntimeError(f"{src}: deep3d coefficients for {len(deep)} frames, the clip has {n}")
-        extra = {"deep3d": deep.astype(np.float32),
-                 "deep3d_align": np.concatenate([e.align for e in estimates]).astype(np.float32),
-                 "deep3d_landmark_error": np.concatenate([e.landmark_error for e in estimates]).astype(np.float32)}
+        extra |= {"deep3d": deep.astype(np.float32),
+                  "deep3d_align": np.concatenate([e.align for e in estimates]).astype(np.float32),
+                  "deep3d_landmark_error": np.concatenate([e.landmark_error for e in estimates]).astype(np.float32)}
     clip_bytes, clip_digest = clip_path.stat().st_size, file_digest(clip_path)  # recorded: `_cached` checks them
 
     meta = {
@@ -474,7 +491,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         "det_conf_mean": float(track.scores[found].mean()), "det_conf_min": float(track.scores[found].min()),
         "crop": dataclasses.asdict(crop),
     }
-    if extra:  # the BFM fit's quality: projected vs observed landmarks, pixels of the 224 reconstruction input
+    if "deep3d_landmark_error" in extra:  # the BFM fit's quality: projected vs observed landmarks, pixels of the 224 reconstruction input
         err = extra["deep3d_landmark_error"]
         meta["deep3d_landmark_error_px"] = float(np.nanmean(err)) if np.isfinite(err).any() else None
     # The cache entry is written last: its presence (with a matching fingerprint) means the clip is complete.
@@ -793,10 +810,10 @@ def _finalize(out_dir: Path, jobs: Sequence[ClipJob], ok_ids: set[str], cfg: Pre
         res = coeffs_mod.expression_residuals(c["aligned"])  # (T, 204)
         coeffs = coeffs_mod.coefficients(basis.project(res), c["rotation"], c["translation"], c["scale"],
                                          crop_center=_crop_center(meta))  # (T, 73)
-        extra = {}
+        extra = {k: c[k] for k in corpus_mod.STORED_ROI_KEYS if k in c}  # the TAVC loader's mouth ROIs
         if cfg.coeffs_backend == "deep3d":  # SadTalker's exp, angle, trans in 0-69; scale and crop centre as above
             coeffs[:, coeffs_mod.MOTION] = deep3d_mod.motion_coefficients(c["deep3d"])
-            extra = {"deep3d": c["deep3d"]}  # all 257 (id, tex, gamma too)
+            extra["deep3d"] = c["deep3d"]  # all 257 (id, tex, gamma too)
         feat_path = out_dir / "features" / f"{j.clip_id}.npz"
         save_npz(feat_path, coeffs=coeffs.astype(np.float32), landmarks=c["landmarks"], aligned=c["aligned"],
                  mel=c["mel"], mfcc=c["mfcc"], fbank=c["fbank"], wav=c["wav"], scores=c["scores"],

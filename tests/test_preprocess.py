@@ -304,14 +304,17 @@ def test_speed_switches_validated_and_old_settings_keep_the_cache_fingerprint() 
     """Issue 16 item 4's switches: validated by name; at their earlier behaviour they leave the pass-1
     fingerprint as it was (existing caches stay valid), and any other value changes it."""
     for bad in (dict(encoder_preset="fastest"), dict(keyframe_interval_s=0.0), dict(landmark_mode="sometimes"),
-                dict(detect_interval=0)):
+                dict(detect_interval=0), dict(mouth_roi_quality=0), dict(mouth_roi_quality=101)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             dataclasses.replace(CFG, **bad).validate()
-    old = dataclasses.replace(CFG, encoder_preset="medium", keyframe_interval_s=None, landmark_mode="per_frame")
+    old = dataclasses.replace(CFG, encoder_preset="medium", keyframe_interval_s=None, landmark_mode="per_frame",
+                              mouth_roi_quality=None)
     fp = old.pass1_fingerprint(COMMON)
-    assert not {"encoder_preset", "keyframe_interval_s", "landmark_mode", "detect_interval"} & set(fp)
+    assert not {"encoder_preset", "keyframe_interval_s", "landmark_mode", "detect_interval",
+                "mouth_roi_quality"} & set(fp)
     assert dataclasses.replace(old, detect_interval=5).pass1_fingerprint(COMMON) == fp  # unused per frame
-    for new in (dict(encoder_preset="superfast"), dict(keyframe_interval_s=1.0), dict(landmark_mode="tracking")):
+    for new in (dict(encoder_preset="superfast"), dict(keyframe_interval_s=1.0), dict(landmark_mode="tracking"),
+                dict(mouth_roi_quality=95)):
         assert dataclasses.replace(old, **new).pass1_fingerprint(COMMON) != fp
     tracking = dataclasses.replace(old, landmark_mode="tracking")
     assert dataclasses.replace(tracking, detect_interval=5).pass1_fingerprint(COMMON) != tracking.pass1_fingerprint(COMMON)

@@ -222,10 +222,11 @@ def test_dataset_samples_are_keyed_and_match_direct_decoding(processed_corpus):
     from pipeline.data.tavc import TAVCDataset
 
     clips = load_clips(processed_corpus, ["train"])
-    ds = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16)
+    # The decoding path (corpora without stored ROIs): equal to decoding the frames directly.
+    ds = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16, stored_rois=False)
     a, b = ds[(5, 1)], ds[(5, 1)]  # second read comes from the ROI cache
-    fresh = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=0)[(5, 1)]
-    prefetching = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16, prefetch=8)
+    fresh = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=0, stored_rois=False)[(5, 1)]
+    prefetching = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=16, prefetch=8, stored_rois=False)
     warmed = [prefetching[(s, 0)] for s in range(6)][0] and prefetching[(5, 1)]  # ROIs partly from neighbours' spans
     assert len(prefetching.roi_cache._items) > 3 * 7  # spans were cached, not just the requested frames
     for key in ("mel", "roi"):
@@ -245,10 +246,42 @@ def test_dataset_samples_are_keyed_and_match_direct_decoding(processed_corpus):
     mel = FeatureStore().get_array(clip, "mel")
     assert np.array_equal(a["mel"][:, 0], mel_windows(mel, [a["i"] - 1, a["i"]]))
 
-    aug = TAVCDataset(clips, seed=0, tau=3, augment=True)
+    aug = TAVCDataset(clips, seed=0, tau=3, augment=True, stored_rois=False)
     x, y = aug[(5, 1)], aug[(5, 1)]
     assert np.array_equal(x["roi"], y["roi"]) and not np.array_equal(x["roi"], a["roi"])
     assert np.array_equal(x["mel"], a["mel"])
+
+
+def test_stored_rois_match_the_decoded_ones_without_seeking(processed_corpus, monkeypatch):
+    """Preprocessing stores each clip's mouth ROIs as JPEGs (cut from the frames before encoding); the dataset reads
+    them instead of seeking into the clip, and they match the ROIs of the decoded clip up to the two codecs."""
+    from pipeline.data.corpus import STORED_ROI_KEYS, FeatureStore, FrameStore, decode_mouth_roi, load_clips
+    from pipeline.data.tavc import TAVCDataset
+
+    clips = load_clips(processed_corpus, ["train"])
+    store = FeatureStore()
+    for clip in clips:
+        jpeg, offsets = (store.get_array(clip, k) for k in STORED_ROI_KEYS)
+        assert jpeg.dtype == np.uint8 and offsets.shape == (clip.frames + 1,) and offsets[-1] == jpeg.size
+        assert np.all(np.diff(offsets) > 0)
+        assert store._arrays(clip)[STORED_ROI_KEYS[0]] is None  # kept on disk, read on request only
+    decoded = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=0, stored_rois=False)
+    stored = TAVCDataset(clips, seed=0, tau=3, roi_cache_mb=0)
+
+    def no_seek(*args, **kwargs):
+        raise AssertionError("the stored-ROI path decoded the clip")
+
+    monkeypatch.setattr(FrameStore, "frames", no_seek)
+    samples = [stored[(step, 0)] for step in range(6)]
+    monkeypatch.undo()
+    for step, s in enumerate(samples):
+        d = decoded[(step, 0)]
+        assert (s["clip"], s["i"], s["j"]) == (d["clip"], d["i"], d["j"]) and np.array_equal(s["mel"], d["mel"])
+        assert s["roi"].shape == d["roi"].shape and s["roi"].dtype == np.float32
+        mse = np.mean(((s["roi"] - d["roi"]) / 2) ** 2)  # [-1, 1] -> [0, 1] scale
+        assert 10 * np.log10(1 / mse) > 30  # JPEG 95 of the crop vs x264 crf 15 of the crop
+    with pytest.raises(Exception, match="frame 999"):
+        decode_mouth_roi(jpeg, offsets, 999, "f.npz")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -121,17 +121,32 @@ class FeatureStore(_PerProcessCache):
     def __init__(self, max_items: int = 256) -> None:
         super().__init__(max_items)
 
-    def get_array(self, clip: Clip, key: str) -> np.ndarray:
-        def load() -> dict[str, np.ndarray]:
+    def _arrays(self, clip: Clip) -> dict[str, np.ndarray | None]:
+        def load() -> dict[str, np.ndarray | None]:
             try:
                 with np.load(clip.features) as z:
-                    return {k: z[k] for k in z.files}
+                    # The stored mouth ROIs (only the TAVC loader reads them) stay on disk: `get_array` reads
+                    # them on request, so other loaders do not hold them.
+                    return {k: None if k in STORED_ROI_KEYS else z[k] for k in z.files}
             except (OSError, ValueError) as err:
                 raise CorpusError(f"{clip.features}: cannot read feature file ({err})") from err
-        arrays = self.get(clip.features, load)
+        return self.get(clip.features, load)
+
+    def has(self, clip: Clip, key: str) -> bool:
+        return key in self._arrays(clip)
+
+    def get_array(self, clip: Clip, key: str) -> np.ndarray:
+        arrays = self._arrays(clip)
         if key not in arrays:
             raise CorpusError(f"{clip.features}: no array `{key}` (has {sorted(arrays)})")
-        return arrays[key]
+        value = arrays[key]
+        if value is None:  # a member kept on disk: read now, not kept
+            try:
+                with np.load(clip.features) as z:
+                    return z[key]
+            except (OSError, ValueError) as err:
+                raise CorpusError(f"{clip.features}: cannot read `{key}` ({err})") from err
+        return value
 
 
 class FrameStore(_PerProcessCache):
@@ -174,6 +189,39 @@ def mouth_roi(frame: np.ndarray, landmarks: np.ndarray, box: float = MOUTH_BOX_P
     m = np.array([[s, 0.0, size / 2 - s * cx], [0.0, s, size / 2 - s * cy]], dtype=np.float64)  # crop -> roi
     return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+STORED_ROI_KEYS = ("mouth_roi_jpeg", "mouth_roi_offsets")  # feature-file members of the stored mouth ROIs
+
+
+def encode_mouth_rois(rois: Sequence[np.ndarray], quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mouth ROIs (each (112, 112, 3) uint8 RGB) as one byte array of JPEGs and the (n + 1,) int64 offsets of each
+    (ROI k is ``jpeg[offsets[k]:offsets[k + 1]]``). At quality 95 a ROI takes ~3.3 KB and decodes in ~0.05 ms with
+    ~45 dB PSNR against the ROI it was made from, where a random seek into the cropped clip costs ~6 ms."""
+    import cv2
+
+    parts = []
+    for roi in rois:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(roi[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding of a mouth ROI {roi.shape} failed")
+        parts.append(buf.reshape(-1))
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in parts])
+    jpeg = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    return jpeg.astype(np.uint8, copy=False), offsets
+
+
+def decode_mouth_roi(jpeg: np.ndarray, offsets: np.ndarray, frame: int, where: str = "") -> np.ndarray:
+    """ROI `frame` of `encode_mouth_rois`'s arrays as (112, 112, 3) uint8 RGB; `where` names the file in errors."""
+    import cv2
+
+    if not 0 <= frame < len(offsets) - 1:
+        raise CorpusError(f"{where}: stored mouth ROIs hold {len(offsets) - 1} frames, frame {frame} requested")
+    roi = cv2.imdecode(jpeg[offsets[frame]:offsets[frame + 1]], cv2.IMREAD_COLOR)
+    if roi is None:
+        raise CorpusError(f"{where}: stored mouth ROI of frame {frame} is not a readable JPEG")
+    return np.ascontiguousarray(roi[..., ::-1])
 
 
 def lower_face(frame: np.ndarray, size: int) -> np.ndarray:

@@ -5,8 +5,11 @@ One sample, drawn at a random position i of a random clip:
 - video: the mouth ROIs (method.md §1) of frames i-1, i (positive pair) and j, |j - i| >= τ, of the same clip
   (negative pair (i-1, j)), (3, 3, 112, 112) in [-1, 1].
 
-Frames are decoded from the cropped clips at the drawn positions (decord, through `FrameStore`) inside DataLoader
-workers. A random seek decodes from the previous keyframe: up to 250 frames in clips written with x264's default
+Where preprocessing stored the clip's mouth ROIs (`preprocess.mouth_roi_quality`: JPEGs of the ROIs cut from the
+frames before encoding, members ``mouth_roi_jpeg`` / ``mouth_roi_offsets`` of the feature file), each ROI is one
+~0.05 ms JPEG decode and nothing is seeked (issue 16: the cold loader was decode-bound). Otherwise (corpora
+preprocessed without them, or ``stored_rois=False``) frames are decoded from the cropped clips at the drawn
+positions (decord, through `FrameStore`) inside DataLoader workers. A random seek decodes from the previous keyframe: up to 250 frames in clips written with x264's default
 GOP, at most 25 in clips preprocessed with `preprocess.keyframe_interval_s: 1.0` (the default since issue 16). Two things make that cheap without changing any value: a seek
 decodes a span of ``prefetch`` frames on each side of the wanted ones (sequential decoding costs little next to the
 seek), and each worker keeps the ROIs it has decoded in a bounded per-process cache (``roi_cache_mb``). All randomness of a sample comes from ``sample_rng(seed, step, slot)``.
@@ -23,8 +26,8 @@ import numpy as np
 import torch
 
 from pipeline.audio import mel_windows
-from pipeline.data.corpus import (MOUTH_ROI_SIZE, Clip, CorpusError, FeatureStore, FrameStore, mouth_roi,
-                                  to_unit_range)
+from pipeline.data.corpus import (MOUTH_ROI_SIZE, STORED_ROI_KEYS, Clip, CorpusError, FeatureStore, FrameStore,
+                                  _PerProcessCache, decode_mouth_roi, mouth_roi, to_unit_range)
 from pipeline.data.sampling import sample_rng
 
 ROI_BYTES = MOUTH_ROI_SIZE * MOUTH_ROI_SIZE * 3  # one uint8 ROI
@@ -102,10 +105,12 @@ class TAVCDataset(torch.utils.data.Dataset):
             brightness jitter (frame differences stay those of the mouth motion).
         roi_cache_mb: per-process cache of decoded ROIs (0 disables it).
         prefetch: frames decoded (and cached) on each side of a missing frame (needs the cache; 0 = only the frame).
+        stored_rois: read the ROIs that preprocessing stored with the features where a clip has them (False: always
+            decode the clip, e.g. to compare both paths).
     """
 
     def __init__(self, clips: Sequence[Clip], seed: int, tau: int, augment: bool = False,
-                 roi_cache_mb: int = 256, prefetch: int = 0) -> None:
+                 roi_cache_mb: int = 256, prefetch: int = 0, stored_rois: bool = True) -> None:
         short = [c.clip_id for c in clips if c.frames < min_clip_frames(tau)]
         if not clips or short:
             raise CorpusError(f"TAVC dataset needs clips of >= {min_clip_frames(tau)} frames; "
@@ -115,6 +120,8 @@ class TAVCDataset(torch.utils.data.Dataset):
         self.features = FeatureStore(max_items=max(16, min(len(self.clips), 256)))
         self.frame_store = FrameStore(max_items=max(16, min(len(self.clips), 64)))
         self.roi_cache = _RoiCache(roi_cache_mb * 2**20 // ROI_BYTES)
+        self.stored_rois = stored_rois
+        self.stored = _PerProcessCache(max_items=max(16, min(len(self.clips), 64)))  # clip -> (jpeg, offsets)
         # a span never exceeds a quarter of the cache, so prefetched ROIs cannot evict the ones just requested
         self.prefetch = max(0, min(prefetch, self.roi_cache.max_items // 8))
 
@@ -129,7 +136,14 @@ class TAVCDataset(torch.utils.data.Dataset):
         """uint8 mouth ROIs (n, 112, 112, 3) of the given frames (decoded once per process, then cached)."""
         out: list[np.ndarray | None] = [self.roi_cache.get((clip.clip_id, int(f))) for f in frames]
         missing = sorted({int(f) for f, roi in zip(frames, out) if roi is None})
-        if missing:
+        if missing and self.stored_rois and self.features.has(clip, STORED_ROI_KEYS[0]):
+            jpeg, offsets = self.stored.get(clip.features, lambda: tuple(self.features.get_array(clip, k)
+                                                                         for k in STORED_ROI_KEYS))
+            fresh = {f: decode_mouth_roi(jpeg, offsets, f, str(clip.features)) for f in missing}
+            for f, roi in fresh.items():
+                self.roi_cache.put((clip.clip_id, f), roi)
+            out = [roi if roi is not None else fresh[int(f)] for f, roi in zip(frames, out)]
+        elif missing:
             landmarks = self.features.get_array(clip, "landmarks")  # (T, 68, 3)
             if landmarks.shape[0] < max(missing) + 1:
                 raise CorpusError(f"{clip.features}: landmarks has {landmarks.shape[0]} frames, frame "
