@@ -144,7 +144,7 @@ class PreprocessConfig:
             so a loader seeking to a random frame decodes at most 25 frames); null = x264's default (250 frames).
         mouth_roi_quality: JPEG quality of the mouth ROIs (method.md §1, 112 px) cut from each cropped frame before
             encoding and stored with the clip's features, so that the TAVC loader decodes a small JPEG instead of
-            seeking into the clip (~3.3 KB per frame at 95, ~45 dB against the ROI); null = none stored (the loader
+            seeking into the clip (~3 KB per frame at 95, ~45 dB against the ROI); null = none stored (the loader
             then decodes the clips, as before issue 16).
         landmark_mode: mediapipe backend only: `per_frame` (face detection on every frame) or `tracking` (the face
             mesh follows the face, detection every `detect_interval` frames and whenever the track is lost or
@@ -450,7 +450,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
 
     clip_path = out_dir / "clips" / f"{job.clip_id}.mp4"
     estimates: list[deep3d_mod.Deep3DResult] = []
-    rois: list[np.ndarray] = []  # (112, 112, 3) each, from the frames as they go to the encoder
+    roi_jpegs: list[np.ndarray] = []  # JPEG bytes of each frame's mouth ROI, cut as the frames go to the encoder
 
     def cropped() -> Iterator[np.ndarray]:
         done = 0
@@ -459,7 +459,8 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
             if coeff_estimator is not None:
                 estimates.append(coeff_estimator(part, lms[done:done + len(part)]))
             if cfg.mouth_roi_quality is not None:
-                rois.extend(corpus_mod.mouth_roi(frame, lms[done + k]) for k, frame in enumerate(part))
+                roi_jpegs.extend(corpus_mod.mouth_roi_jpeg(corpus_mod.mouth_roi(frame, lms[done + k]),
+                                                           cfg.mouth_roi_quality) for k, frame in enumerate(part))
             done += len(part)
             yield part
 
@@ -468,10 +469,9 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
                       preset=cfg.encoder_preset, keyint=keyint)
     extra: dict[str, np.ndarray] = {}
     if cfg.mouth_roi_quality is not None:
-        if len(rois) != n:
-            raise RuntimeError(f"{src}: mouth ROIs for {len(rois)} frames, the clip has {n}")
-        extra["mouth_roi_jpeg"], extra["mouth_roi_offsets"] = corpus_mod.encode_mouth_rois(rois, cfg.mouth_roi_quality)
-        del rois[:]
+        if len(roi_jpegs) != n:
+            raise RuntimeError(f"{src}: mouth ROIs for {len(roi_jpegs)} frames, the clip has {n}")
+        extra["mouth_roi_jpeg"], extra["mouth_roi_offsets"] = corpus_mod.pack_jpegs(roi_jpegs)
     if coeff_estimator is not None:
         deep = np.concatenate([e.coeffs for e in estimates]) if estimates else np.zeros((0, deep3d_mod.NUM_COEFFS))
         if len(deep) != n:

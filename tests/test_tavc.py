@@ -252,6 +252,25 @@ def test_dataset_samples_are_keyed_and_match_direct_decoding(processed_corpus):
     assert np.array_equal(x["mel"], a["mel"])
 
 
+def test_roi_jpegs_pack_and_decode():
+    from pipeline.data.corpus import decode_mouth_roi, mouth_roi_jpeg, pack_jpegs
+
+    y, x = np.mgrid[0:112, 0:112]
+    rois = [np.stack([(x + 20 * k) % 256, y * 2, (x + y) // 2], -1).astype(np.uint8) for k in range(3)]
+    jpeg, offsets = pack_jpegs([mouth_roi_jpeg(r, 95) for r in rois])
+    assert offsets[0] == 0 and offsets[-1] == jpeg.size and offsets.dtype == np.int64 and len(offsets) == 4
+    for k, roi in enumerate(rois):
+        back = decode_mouth_roi(jpeg, offsets, k)
+        assert back.shape == roi.shape and back.dtype == np.uint8
+        assert np.abs(back.astype(int) - roi).mean() < 2  # channel order kept (RGB in, RGB out)
+    empty, off = pack_jpegs([])
+    assert empty.size == 0 and off.tolist() == [0]
+    broken = jpeg.copy()
+    broken[offsets[1]:offsets[2]] = 0
+    with pytest.raises(Exception, match="not a readable JPEG"):
+        decode_mouth_roi(broken, offsets, 1, "f.npz")
+
+
 def test_stored_rois_match_the_decoded_ones_without_seeking(processed_corpus, monkeypatch):
     """Preprocessing stores each clip's mouth ROIs as JPEGs (cut from the frames before encoding); the dataset reads
     them instead of seeking into the clip, and they match the ROIs of the decoded clip up to the two codecs."""
