@@ -37,6 +37,7 @@ from pipeline.faces import bfm as bfm_mod
 from pipeline.faces import deep3d as deep3d_mod
 from pipeline.models.audio2coeff import (SADTALKER_COMBINED_FILE, SADTALKER_PART_FILES, Audio2Coeff,
                                          Audio2CoeffConfig, load_sadtalker_weights)
+from pipeline.models import sadtalker_files
 from pipeline.models.renderer.cerl import CERLConfig
 from pipeline.models.renderer.mapping import MappingConfig
 from pipeline.models.renderer.renderer import (SADTALKER_MAPPING_FILES, SADTALKER_RENDERER_FILES, Renderer,
@@ -104,25 +105,21 @@ def resolve_release(path: str | os.PathLike[str], size: int = 256) -> SadTalkerR
         raise SadTalkerReleaseError(f"{path}: no such SadTalker release folder or file")
     folder = path.parent if path.is_file() else sadtalker_checkpoint_folder(path)
     combined = path if path.is_file() else folder / f"SadTalker_V0.0.2_{size}.safetensors"
-    has_combined = combined.is_file()
     missing: list[str] = []
 
-    parts = [folder / f for f in SADTALKER_PART_FILES.values()]
-    if size == 256 and all(p.is_file() for p in parts):
+    audio2coeff = sadtalker_files.audio2coeff_source(folder, combined, size)
+    if audio2coeff is None:
         audio2coeff = folder
-    elif has_combined:
-        audio2coeff = combined
-    else:
-        audio2coeff = folder
-        missing.append(f"ExpNet + PoseVAE: {combined.name}, or {' + '.join(p.name for p in parts)}")
+        missing.append(f"ExpNet + PoseVAE: {combined.name}"
+                       + (f", or {' + '.join(SADTALKER_PART_FILES.values())}" if size == 256 else ""))
 
-    fv2v = folder / SADTALKER_RENDERER_FILES[0]
-    renderer = fv2v if size == 256 and fv2v.is_file() else combined
-    if not renderer.is_file():
-        missing.append(f"renderer: {combined.name}" + (f", or {fv2v.name}" if size == 256 else ""))
+    renderer = sadtalker_files.renderer_source(folder, combined, size)
+    if renderer is None:
+        renderer = combined
+        missing.append(f"renderer: {combined.name}" + (f", or {SADTALKER_RENDERER_FILES[0]}" if size == 256 else ""))
 
-    mapping, mapping_dim = next(((folder / f, d) for f, d in SADTALKER_MAPPING_FILES.items()
-                                 if (folder / f).is_file()), (folder / next(iter(SADTALKER_MAPPING_FILES)), 70))
+    mapping, mapping_dim = (sadtalker_files.mapping_source(folder)
+                            or (folder / next(iter(SADTALKER_MAPPING_FILES)), 70))
     if not mapping.is_file():
         missing.append(f"MappingNet: {' or '.join(SADTALKER_MAPPING_FILES)}")
 

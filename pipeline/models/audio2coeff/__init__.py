@@ -26,6 +26,7 @@ from pipeline.data.sampling import sample_generator
 from pipeline.models.audio2coeff.expnet import NUM_EXPRESSION, ExpNet, ExpNetConfig
 from pipeline.models.audio2coeff.ms_sync import MSSync, MSSyncConfig
 from pipeline.models.audio2coeff.posevae import POSE_DIM, PoseVAE, PoseVAEConfig
+from pipeline.models import sadtalker_files
 
 CHECKPOINT_KIND = "audio2coeff"
 MOTION_DIM = NUM_EXPRESSION + POSE_DIM  # 70: what MappingNet reads (method.md §1)
@@ -93,20 +94,18 @@ def load_audio2coeff(path: str | os.PathLike[str], *, frozen: bool = True,
 SADTALKER_EXP_RULES = (("audio_encoder.", "audio_encoder."), ("mapping1.", "mapping1."))
 SADTALKER_POSE_RULES = (("audio_encoder.audio_encoder.", "audio_encoder."), ("netG.", "netG."),
                         ("netD_motion.", "netD_motion."))
-SADTALKER_PART_FILES = {"audio2exp": "auido2exp_00300-model.pth", "audio2pose": "auido2pose_00140-model.pth"}
-SADTALKER_COMBINED_FILE = "SadTalker_V0.0.2_256.safetensors"  # holds both parts (and the renderer's, the recon net's)
+SADTALKER_PART_FILES = sadtalker_files.PART_FILES
+SADTALKER_COMBINED_FILE = sadtalker_files.combined_file(256)  # holds both parts (and the renderer's, the recon net's)
 
 
 def sadtalker_audio2coeff_source(folder: str | os.PathLike[str]) -> Path:
     """Where a SadTalker release folder (or its ``checkpoints/``) keeps Audio2Coeff's weights: the folder itself when
     it holds both part files (`SADTALKER_PART_FILES`), else its combined safetensors. Raises `WeightsError` naming
     the files looked for."""
-    folder = Path(folder)
-    root = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
-    if all((root / f).is_file() for f in SADTALKER_PART_FILES.values()):
-        return root
-    if (root / SADTALKER_COMBINED_FILE).is_file():
-        return root / SADTALKER_COMBINED_FILE
+    root = sadtalker_files.checkpoint_folder(folder)
+    source = sadtalker_files.audio2coeff_source(root, root / SADTALKER_COMBINED_FILE)
+    if source is not None:
+        return source
     raise WeightsError(f"{folder}: no SadTalker Audio2Coeff weights (looked for "
                        f"{' + '.join(str(root / f) for f in SADTALKER_PART_FILES.values())}, or "
                        f"{root / SADTALKER_COMBINED_FILE})")

@@ -35,6 +35,7 @@ from pipeline.models.renderer.cerl import CERL, CERLConfig
 from pipeline.models.renderer.dense_motion import DenseMotionConfig
 from pipeline.models.renderer.discriminator import DiscriminatorConfig, MultiScaleDiscriminator
 from pipeline.models.renderer.generator import GeneratorConfig, OcclusionAwareSPADEGenerator
+from pipeline.models import sadtalker_files
 from pipeline.models.renderer.head_pose import HeadPoseConfig, HeadPoseExpressionEstimator
 from pipeline.models.renderer.keypoint_detector import CanonicalKeypointDetector, KeypointDetectorConfig
 from pipeline.models.renderer.keypoints import HeadMotion
@@ -277,16 +278,9 @@ def load_renderer(path: str | os.PathLike[str], *, frozen: bool = True, device: 
 # SadTalker's public checkpoint
 # ----------------------------------------------------------------------------------------------------------------
 # Files of SadTalker's release (its checkpoints/ folder) this loader reads, in order of preference.
-SADTALKER_RENDERER_FILES = ("facevid2vid_00189-model.pth.tar", "SadTalker_V0.0.2_256.safetensors")
-# MappingNet: 00229 reads 70 coefficients (SadTalker's `crop`/`resize` modes, this pipeline's layout); 00109 reads 73
-# (its `full` mode: the 70 plus the portrait's alignment scale and translation, `pipeline.faces.bfm.Alignment`).
-SADTALKER_MAPPING_FILES = {"mapping_00229-model.pth.tar": 70, "mapping_00109-model.pth.tar": 73}
-
-
-def sadtalker_checkpoint_folder(path: str | os.PathLike[str]) -> Path:
-    """A SadTalker release folder -> the folder holding its checkpoint files (``<path>/checkpoints`` if present)."""
-    path = Path(path)
-    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+SADTALKER_RENDERER_FILES = (sadtalker_files.FV2V_FILE, sadtalker_files.combined_file(256))
+SADTALKER_MAPPING_FILES = sadtalker_files.MAPPING_FILES  # file -> coefficients it reads (70 or 73)
+sadtalker_checkpoint_folder = sadtalker_files.checkpoint_folder
 
 
 def sadtalker_renderer_files(folder: str | os.PathLike[str], coeff_dim: int | None = None
@@ -296,14 +290,13 @@ def sadtalker_renderer_files(folder: str | os.PathLike[str], coeff_dim: int | No
     The renderer: ``facevid2vid_00189-model.pth.tar`` (with the head-pose estimator), else the safetensors (without
     it). MappingNet: the first of `SADTALKER_MAPPING_FILES` present whose input size is `coeff_dim` (any when None).
     Raises `WeightsError` naming the files looked for."""
-    root = sadtalker_checkpoint_folder(folder)
-    renderer = next((root / f for f in SADTALKER_RENDERER_FILES if (root / f).is_file()), None)
+    root = sadtalker_files.checkpoint_folder(folder)
+    renderer = sadtalker_files.renderer_source(root, root / SADTALKER_RENDERER_FILES[1])
     if renderer is None:
         raise WeightsError(f"{folder}: no SadTalker renderer weights (looked for "
                            f"{' or '.join(str(root / f) for f in SADTALKER_RENDERER_FILES)})")
-    mapping = next((root / f for f, dim in SADTALKER_MAPPING_FILES.items()
-                    if (root / f).is_file() and coeff_dim in (None, dim)), None)
-    return renderer, mapping
+    mapping = sadtalker_files.mapping_source(root, coeff_dim)
+    return renderer, None if mapping is None else mapping[0]
 
 
 def _read_nested(path: Path) -> dict[str, Any]:
