@@ -491,7 +491,7 @@ def process_clip(job: ClipJob, out_dir: Path, cfg: PreprocessConfig, common: Com
         "det_conf_mean": float(track.scores[found].mean()), "det_conf_min": float(track.scores[found].min()),
         "crop": dataclasses.asdict(crop),
     }
-    if "deep3d_landmark_error" in extra:  # the BFM fit's quality: projected vs observed landmarks, pixels of the 224 reconstruction input
+    if "deep3d_landmark_error" in extra:  # the BFM fit's quality: projected vs observed landmarks (224-px input)
         err = extra["deep3d_landmark_error"]
         meta["deep3d_landmark_error_px"] = float(np.nanmean(err)) if np.isfinite(err).any() else None
     # The cache entry is written last: its presence (with a matching fingerprint) means the clip is complete.

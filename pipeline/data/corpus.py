@@ -135,18 +135,24 @@ class FeatureStore(_PerProcessCache):
     def has(self, clip: Clip, key: str) -> bool:
         return key in self._arrays(clip)
 
-    def get_array(self, clip: Clip, key: str) -> np.ndarray:
+    def get_arrays(self, clip: Clip, keys: Sequence[str]) -> tuple[np.ndarray, ...]:
+        """Several arrays; those kept on disk (`STORED_ROI_KEYS`) are read in one opening of the file, not kept."""
         arrays = self._arrays(clip)
-        if key not in arrays:
-            raise CorpusError(f"{clip.features}: no array `{key}` (has {sorted(arrays)})")
-        value = arrays[key]
-        if value is None:  # a member kept on disk: read now, not kept
+        absent = [k for k in keys if k not in arrays]
+        if absent:
+            raise CorpusError(f"{clip.features}: no array `{absent[0]}` (has {sorted(arrays)})")
+        on_disk = [k for k in keys if arrays[k] is None]
+        read: dict[str, np.ndarray] = {}
+        if on_disk:
             try:
                 with np.load(clip.features) as z:
-                    return z[key]
+                    read = {k: z[k] for k in on_disk}
             except (OSError, ValueError) as err:
-                raise CorpusError(f"{clip.features}: cannot read `{key}` ({err})") from err
-        return value
+                raise CorpusError(f"{clip.features}: cannot read {on_disk} ({err})") from err
+        return tuple(read[k] if k in read else arrays[k] for k in keys)  # type: ignore[misc]
+
+    def get_array(self, clip: Clip, key: str) -> np.ndarray:
+        return self.get_arrays(clip, (key,))[0]
 
 
 class FrameStore(_PerProcessCache):

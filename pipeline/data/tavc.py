@@ -136,14 +136,12 @@ class TAVCDataset(torch.utils.data.Dataset):
         """uint8 mouth ROIs (n, 112, 112, 3) of the given frames (decoded once per process, then cached)."""
         out: list[np.ndarray | None] = [self.roi_cache.get((clip.clip_id, int(f))) for f in frames]
         missing = sorted({int(f) for f, roi in zip(frames, out) if roi is None})
-        if missing and self.stored_rois and self.features.has(clip, STORED_ROI_KEYS[0]):
-            jpeg, offsets = self.stored.get(clip.features, lambda: tuple(self.features.get_array(clip, k)
-                                                                         for k in STORED_ROI_KEYS))
+        if not missing:
+            return np.stack(out)  # type: ignore[arg-type]  # (n, 112, 112, 3)
+        if self.stored_rois and self.features.has(clip, STORED_ROI_KEYS[0]):
+            jpeg, offsets = self.stored.get(clip.features, lambda: self.features.get_arrays(clip, STORED_ROI_KEYS))
             fresh = {f: decode_mouth_roi(jpeg, offsets, f, str(clip.features)) for f in missing}
-            for f, roi in fresh.items():
-                self.roi_cache.put((clip.clip_id, f), roi)
-            out = [roi if roi is not None else fresh[int(f)] for f, roi in zip(frames, out)]
-        elif missing:
+        else:
             landmarks = self.features.get_array(clip, "landmarks")  # (T, 68, 3)
             if landmarks.shape[0] < max(missing) + 1:
                 raise CorpusError(f"{clip.features}: landmarks has {landmarks.shape[0]} frames, frame "
@@ -151,9 +149,9 @@ class TAVCDataset(torch.utils.data.Dataset):
             wanted = _spans(missing, self.prefetch, min(clip.frames, landmarks.shape[0]))
             decoded = self.frame_store.frames(clip, wanted)  # (n, H, W, 3), sorted indices decode fastest
             fresh = {f: mouth_roi(image, landmarks[f]) for f, image in zip(wanted, decoded)}  # (112, 112, 3) each
-            for f, roi in fresh.items():
-                self.roi_cache.put((clip.clip_id, f), roi)
-            out = [roi if roi is not None else fresh[int(f)] for f, roi in zip(frames, out)]
+        for f, roi in fresh.items():
+            self.roi_cache.put((clip.clip_id, f), roi)
+        out = [roi if roi is not None else fresh[int(f)] for f, roi in zip(frames, out)]
         return np.stack(out)  # type: ignore[arg-type]  # (n, 112, 112, 3)
 
     def mels(self, clip: Clip, frames: Sequence[int]) -> np.ndarray:

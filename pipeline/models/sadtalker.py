@@ -35,13 +35,12 @@ import torch
 
 from pipeline.faces import bfm as bfm_mod
 from pipeline.faces import deep3d as deep3d_mod
-from pipeline.models.audio2coeff import (SADTALKER_COMBINED_FILE, SADTALKER_PART_FILES, Audio2Coeff,
-                                         Audio2CoeffConfig, load_sadtalker_weights)
+from pipeline.models.audio2coeff import Audio2Coeff, Audio2CoeffConfig, load_sadtalker_weights
 from pipeline.models import sadtalker_files
 from pipeline.models.renderer.cerl import CERLConfig
 from pipeline.models.renderer.mapping import MappingConfig
-from pipeline.models.renderer.renderer import (SADTALKER_MAPPING_FILES, SADTALKER_RENDERER_FILES, Renderer,
-                                               RendererConfig, load_sadtalker_renderer, sadtalker_checkpoint_folder)
+from pipeline.models.renderer.renderer import Renderer, RendererConfig, load_sadtalker_renderer
+from pipeline.models.sadtalker_files import FV2V_FILE, MAPPING_FILES, PART_FILES, checkpoint_folder, combined_file
 
 BFM_SUBFOLDER = "BFM_Fitting"
 SIZES = (256, 512)  # SadTalker's released renderer resolutions
@@ -49,11 +48,11 @@ SIZES = (256, 512)  # SadTalker's released renderer resolutions
 # Every file of the release this project reads -> what it fills (README "SadTalker's release and Deep3DFaceRecon
 # coefficients"; the table above).
 RELEASE_FILES: dict[str, str] = {
-    SADTALKER_COMBINED_FILE: "ExpNet, PoseVAE, renderer (no head-pose estimator), Deep3DFaceRecon network",
-    SADTALKER_PART_FILES["audio2exp"]: "ExpNet",
-    SADTALKER_PART_FILES["audio2pose"]: "PoseVAE",
-    SADTALKER_RENDERER_FILES[0]: "renderer incl. head-pose estimator",
-    **{name: f"MappingNet ({dim} coefficients)" for name, dim in SADTALKER_MAPPING_FILES.items()},
+    combined_file(256): "ExpNet, PoseVAE, renderer (no head-pose estimator), Deep3DFaceRecon network",
+    PART_FILES["audio2exp"]: "ExpNet",
+    PART_FILES["audio2pose"]: "PoseVAE",
+    FV2V_FILE: "renderer incl. head-pose estimator",
+    **{name: f"MappingNet ({dim} coefficients)" for name, dim in MAPPING_FILES.items()},
     deep3d_mod.CHECKPOINT_FILE: "Deep3DFaceRecon network (coefficient backend deep3d)",
     f"{BFM_SUBFOLDER}/{bfm_mod.BFM_FILE}": "BFM landmark model (deep3d)",
     f"{BFM_SUBFOLDER}/{bfm_mod.STANDARD_LANDMARKS_FILE}": "5-point alignment standard (deep3d)",
@@ -103,25 +102,25 @@ def resolve_release(path: str | os.PathLike[str], size: int = 256) -> SadTalkerR
     path = Path(path)
     if not path.exists():
         raise SadTalkerReleaseError(f"{path}: no such SadTalker release folder or file")
-    folder = path.parent if path.is_file() else sadtalker_checkpoint_folder(path)
-    combined = path if path.is_file() else folder / f"SadTalker_V0.0.2_{size}.safetensors"
+    folder = path.parent if path.is_file() else checkpoint_folder(path)
+    combined = path if path.is_file() else folder / combined_file(size)
     missing: list[str] = []
 
     audio2coeff = sadtalker_files.audio2coeff_source(folder, combined, size)
     if audio2coeff is None:
         audio2coeff = folder
         missing.append(f"ExpNet + PoseVAE: {combined.name}"
-                       + (f", or {' + '.join(SADTALKER_PART_FILES.values())}" if size == 256 else ""))
+                       + (f", or {' + '.join(PART_FILES.values())}" if size == 256 else ""))
 
     renderer = sadtalker_files.renderer_source(folder, combined, size)
     if renderer is None:
         renderer = combined
-        missing.append(f"renderer: {combined.name}" + (f", or {SADTALKER_RENDERER_FILES[0]}" if size == 256 else ""))
+        missing.append(f"renderer: {combined.name}" + (f", or {FV2V_FILE}" if size == 256 else ""))
 
     mapping, mapping_dim = (sadtalker_files.mapping_source(folder)
-                            or (folder / next(iter(SADTALKER_MAPPING_FILES)), 70))
+                            or (folder / next(iter(MAPPING_FILES)), 70))
     if not mapping.is_file():
-        missing.append(f"MappingNet: {' or '.join(SADTALKER_MAPPING_FILES)}")
+        missing.append(f"MappingNet: {' or '.join(MAPPING_FILES)}")
 
     recon = folder / deep3d_mod.CHECKPOINT_FILE
     if not recon.is_file():

@@ -280,7 +280,6 @@ def load_renderer(path: str | os.PathLike[str], *, frozen: bool = True, device: 
 # Files of SadTalker's release (its checkpoints/ folder) this loader reads, in order of preference.
 SADTALKER_RENDERER_FILES = (sadtalker_files.FV2V_FILE, sadtalker_files.combined_file(256))
 SADTALKER_MAPPING_FILES = sadtalker_files.MAPPING_FILES  # file -> coefficients it reads (70 or 73)
-sadtalker_checkpoint_folder = sadtalker_files.checkpoint_folder
 
 
 def sadtalker_renderer_files(folder: str | os.PathLike[str], coeff_dim: int | None = None
