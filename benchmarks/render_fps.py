@@ -7,13 +7,17 @@
     python benchmarks/render_fps.py --device cuda --json reports/render_fps.json
 
 Switch table (default): the reference (below), render() in fp32 without switches, then the inference switches of
-pipeline.models.renderer.inference.InferenceOptions switched on one after another (fold → + fuse_spade → + bf16 on
-CPU / fp16 + channels-last + CUDA graphs on CUDA = InferenceOptions.fastest), the low precision alone, channels-last
-alone, on CPU channels-last on top of the fastest, the fastest at one batch of all frames, with --compile the fastest
-compiled (its first call, which compiles, is timed apart as "compile s"), and the noise floor: fp32 with the SPADE
-decoder's input rounded to the low precision once (how far one rounding moves this network's frames). Each row:
-seconds, frames/s, "vs reference" and the PSNR (dB) of its uint8 frames against render()'s fp32 frames (inf =
-identical). Each switched row renders through a copy made by prepare_renderer (its making, ~0.1 s, is not timed).
+pipeline.models.renderer.inference.InferenceOptions switched on one after another (fold → + fuse_spade →
++ pointwise_occlusion → + bf16 → + channels-last on CPU = InferenceOptions.fastest there; on CUDA fp16 +
+channels-last + CUDA graphs together = fastest, and that + pointwise_occlusion), the low precision alone,
+channels-last alone, on CPU the exact switches + channels-last in fp32, the fastest at one batch of all frames, with
+--compile the fastest compiled (its first call, which compiles, is timed apart as "compile s"), and the noise floor:
+fp32 with the SPADE decoder's input rounded to the low precision once (how far one rounding moves this network's
+frames). Each row: seconds, frames/s, "vs reference" and the PSNR (dB) of its uint8 frames against render()'s fp32
+frames (inf = identical). Each switched row renders through a copy made by prepare_renderer (its making, ~0.1 s, is
+not timed). A note gives the hardware's own ratio: the decoder's dominant convolution in fp32 and in the low
+precision. --malloc tuned runs everything (reference included) with pipeline.allocator.keep_freed_memory(), as
+`tavce animate` does; the default leaves glibc's malloc as it is.
 The CPU is shared, so ratios are measured in rounds: a round times the reference, every row, and the reference again (the reference of the round is the mean of the two, so a linear drift of the load cancels); odd rounds
 run the rows in reverse order. --repeats N runs N rounds and prints each round's ratios and their median.
 
@@ -37,6 +41,7 @@ run one config alone for its own peak; with --device cuda also the peak allocate
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -54,6 +59,7 @@ import torch  # noqa: E402
 from benchmarks.complexity import load_configs  # noqa: E402
 from pipeline.config import to_dict  # noqa: E402
 from pipeline.models.renderer import HeadMotion, Renderer, RendererConfig, transform_keypoints  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.models.renderer.inference import InferenceOptions, frame_psnr, prepare_renderer  # noqa: E402
 from pipeline.models.tavc import relationship  # noqa: E402
 from pipeline.render import load_renderer, motion_rows, render, source_tensor  # noqa: E402
@@ -128,25 +134,62 @@ def timed(fn: Callable[[], np.ndarray], device: str) -> tuple[float, np.ndarray,
 
 
 def switch_variants(device: str, frames: int, compile_: bool) -> list[tuple[str, InferenceOptions, int]]:
-    """(label, options, batch size) of the switch table: cumulative first (fold, + fuse_spade, + low precision =
-    InferenceOptions.fastest on CPU), then each of channels-last and the low precision on its own, channels-last on
-    top of the rest, the combination at one batch of all frames, and optionally compiled."""
+    """(label, options, batch size) of the switch table: cumulative first (fold, + fuse_spade, + pointwise_occlusion,
+    + low precision, + channels-last = InferenceOptions.fastest on a CPU with AVX-512 BF16; on CUDA the low precision,
+    channels-last and CUDA graphs together = fastest), then the low precision and channels-last each on its own, the
+    exact switches with channels-last in fp32 (fastest on other CPUs is without it), the fastest at one batch of all
+    frames, and optionally compiled."""
     cuda = device.startswith("cuda")
     low = "fp16" if cuda else "bf16"
-    best = InferenceOptions(fold=True, fuse_spade=True, precision=low, channels_last=cuda, cuda_graphs=cuda)
+    best = InferenceOptions.fastest(device) if cuda else InferenceOptions(
+        fold=True, fuse_spade=True, pointwise_occlusion=True, precision=low, channels_last=True)
+    exact = dict(fold=True, fuse_spade=True, pointwise_occlusion=True)
     rows = [("+ fold (BatchNorm, spectral norm)", InferenceOptions(fold=True), 1),
             ("+ fuse_spade", InferenceOptions(fold=True, fuse_spade=True), 1),
-            (f"+ {low}{' + channels_last + CUDA graphs' if cuda else ''} (= fastest)", best, 1),
-            (f"{low} alone", InferenceOptions(precision=low), 1),
-            ("channels_last alone (fp32)", InferenceOptions(channels_last=True), 1)]
+            ("+ pointwise_occlusion", InferenceOptions(**exact), 1)]
+    if cuda:
+        rows.append(("fold + fuse_spade + fp16 + channels_last + CUDA graphs (= fastest)", best, 1))
+        rows.append(("fastest + pointwise_occlusion", InferenceOptions(**exact, precision=low, channels_last=True,
+                                                                       cuda_graphs=True), 1))
+    else:
+        rows.append((f"+ {low}", InferenceOptions(**exact, precision=low), 1))
+        rows.append(("+ channels_last (= fastest)", best, 1))
+    rows += [(f"{low} alone", InferenceOptions(precision=low), 1),
+             ("channels_last alone (fp32)", InferenceOptions(channels_last=True), 1)]
     if not cuda:
-        rows.append((f"fold + fuse_spade + {low} + channels_last",
-                     InferenceOptions(fold=True, fuse_spade=True, precision=low, channels_last=True), 1))
+        rows.append(("exact switches + channels_last (fp32)", InferenceOptions(**exact, channels_last=True), 1))
     rows.append((f"fastest, batch {frames}", best, frames))
     if compile_:
-        rows.append(("fastest + torch.compile", InferenceOptions(fold=True, fuse_spade=True, precision=low,
-                                                                 channels_last=cuda, compile=True), 1))
+        rows.append(("fastest + torch.compile", dataclasses.replace(best, compile=True, cuda_graphs=False), 1))
     return rows
+
+
+def conv_peak(device: str) -> dict[str, float]:
+    """G multiply-accumulates/s of the decoder's dominant convolution (3x3, 512 -> 512 channels at 64x64, the
+    G_middle blocks: 12 of them per frame) in fp32 and in the low precision: the hardware's ratio, which bounds what
+    reduced precision alone can give over an fp32 reference (docs/decisions.md, "Renderer inference speed")."""
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 512, 64, 64, device=device)
+    w = torch.randn(512, 512, 3, 3, device=device) * 0.01
+    macs = 64 * 64 * 512 * 512 * 9
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("fp16" if device.startswith("cuda") else "bf16",
+                                                   torch.float16 if device.startswith("cuda") else torch.bfloat16)):
+        xi = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        wi = w.to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            best = float("inf")
+            for _ in range(6):  # the best of 6: the peak, not the load
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                F.conv2d(xi, wi, padding=1)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+        out[name] = macs / best / 1e9
+    return out
 
 
 def noise_floor_renderer(renderer: Renderer, precision: str, device: str):
@@ -256,8 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file for the small config")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                    help="default: glibc malloc as it comes (every large activation a fresh mmap, page-faulted in); "
+                         "tuned: pipeline.allocator.keep_freed_memory() before anything runs, for the reference and "
+                         "every row alike (what `tavce animate` does). Default: %(default)s")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements as JSON to this path")
     args = ap.parse_args(argv)
+    if args.malloc == "tuned" and not keep_freed_memory():
+        ap.error("--malloc tuned: not available here (needs Linux with glibc, and TAVCE_MALLOC unset)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device available")
     if min(args.batch_sizes) < 1 or args.frames_small < 1 or args.frames_full < 1 or args.threads < 0 \
@@ -268,7 +317,13 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[Measurement] = []
     notes: list[str] = [f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-                        f"({os.cpu_count()} CPUs; other processes slow the timings down)"]
+                        f"({os.cpu_count()} CPUs; other processes slow the timings down)",
+                        f"malloc: {args.malloc} (--malloc; the same for the reference and every row)"]
+    peak = conv_peak(args.device)
+    low_name = [k for k in peak if k != "fp32"][0]
+    notes.append(f"hardware: 3x3 conv 512->512 at 64x64 (channels-last, best of 6): fp32 {peak['fp32']:.0f}, "
+                 f"{low_name} {peak[low_name]:.0f} G MAC/s = {peak[low_name] / peak['fp32']:.2f}x, the most the low "
+                 f"precision alone can give on the convolutions (the rest must come from doing less)")
     configs = {}
     for name in args.configs:
         cfg, _, cfg_notes = load_configs(name, args.params)

@@ -4,6 +4,11 @@ left untouched. Tiny dimensions; the full-size speed is benchmarks/render_fps.py
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +18,9 @@ from torch import nn
 from pipeline.models.renderer import (HeadMotion, Renderer,
                                       transform_keypoints)
 from pipeline.models.renderer.blocks import SPADEResnetBlock
-from pipeline.models.renderer.inference import (FusedSPADEResnetBlock, InferenceOptions, UpsampledConv2d,
-                                                apply_spectral_norm, fold_batchnorm, frame_psnr, prepare_renderer)
+from pipeline.models.renderer.inference import (AvgPoolHW, FusedSPADEResnetBlock, InferenceOptions,
+                                                PointwiseShiftConv2d, UpsampledConv2d, apply_spectral_norm,
+                                                fold_batchnorm, frame_psnr, prepare_renderer)
 from pipeline.render import render, source_tensor
 
 from tests.test_render import D, K, S, TINY  # the tiny renderer of the render() tests
@@ -105,12 +111,16 @@ def test_fused_spade_block_matches_the_block(cin, cout, scale):
         expected = block(x, seg)
         fused = FusedSPADEResnetBlock(apply_spectral_norm(block), scale)
         torch.testing.assert_close(fused(x, seg), expected, atol=1e-5, rtol=1e-4)
+        cl = torch.channels_last
+        torch.testing.assert_close(fused(x.contiguous(memory_format=cl), seg.contiguous(memory_format=cl)), expected,
+                                   atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("options", [InferenceOptions(fold=True), InferenceOptions(fuse_spade=True),
-                                     InferenceOptions(channels_last=True),
-                                     InferenceOptions(fold=True, fuse_spade=True, channels_last=True)],
-                         ids=["fold", "fuse_spade", "channels_last", "all_fp32"])
+                                     InferenceOptions(pointwise_occlusion=True), InferenceOptions(channels_last=True),
+                                     InferenceOptions(fold=True, fuse_spade=True, pointwise_occlusion=True,
+                                                      channels_last=True)],
+                         ids=["fold", "fuse_spade", "pointwise_occlusion", "channels_last", "all_fp32"])
 def test_fp32_switches_match_the_reference(renderer, source, options):
     fast = prepare_renderer(renderer, options)
     volume, kp_s, kp_d = _generate_inputs(renderer, source)
@@ -210,3 +220,62 @@ def test_compiled_generate_matches_eager(renderer, source):
         expected = eager.generate(volume, kp_s, kp_d).prediction
         got = fast.generate(volume, kp_s, kp_d).prediction
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_shift_conv_equals_the_single_output_conv(dtype):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 1, 7, padding=3)
+    x = torch.randn(2, 6, 9, 11)  # smaller than the kernel's reach on one side: borders everywhere
+    expected = conv(x)
+    fast = PointwiseShiftConv2d(conv).to(dtype)
+    got = fast(x.to(dtype))
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("scale", [4, 5])
+def test_upsampled_conv_computes_each_phase_type_once(scale):
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+    up = UpsampledConv2d(conv, scale)
+    # 3 types per axis (first, middle phases, last): 9 kernels of 2x2, 2x1, 1x2, 1x1 taps, 25 taps in all
+    kernels = [getattr(up, f"kernel_{i}") for i in range(up.kernels)]
+    assert len(kernels) == 9 and sum(k.shape[2] * k.shape[3] for k in kernels) == 25
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "strided"])
+def test_avgpool_hw_matches_avg_pool3d_in_every_layout(layout):
+    x = torch.randn(2, 3, 4, 6, 8)
+    expected = F.avg_pool3d(x, (1, 2, 2))
+    if layout == "channels_last_3d":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    elif layout == "strided":
+        x = x.transpose(3, 4).contiguous().transpose(3, 4)
+    got = AvgPoolHW()(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    if layout == "channels_last_3d":  # stays NDHWC: no copy back for the next convolution
+        assert got.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_upsampled_conv_keeps_channels_last(scale):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 6, 5)
+    expected = conv(F.interpolate(x, scale_factor=scale, mode="nearest"))
+    got = UpsampledConv2d(conv, scale)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    if scale > 2:  # the phase types are written straight into an NHWC map
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_keep_freed_memory_is_opt_out_and_idempotent():
+    code = ("import os, sys; from pipeline.allocator import keep_freed_memory, malloc_tuned; "
+            "a = keep_freed_memory(); b = keep_freed_memory(); "
+            "import torch; x = torch.ones(64 * 2**20 // 4); del x; print(a, b, malloc_tuned())")
+    root = Path(__file__).resolve().parents[1]
+    for env, expected in (({}, "True True True"), ({"TAVCE_MALLOC": "default"}, "False False False")):
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert " ".join(out) == (expected if sys.platform.startswith("linux") else "False False False")
