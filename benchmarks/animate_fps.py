@@ -6,6 +6,7 @@ item 3).
     python benchmarks/animate_fps.py --runs small:10 full:4 --options fastest --json reports/animate_fps.json
     python benchmarks/animate_fps.py --runs small:300     # long audio: bounded memory (compare with small:30)
     python benchmarks/animate_fps.py --device cuda --runs full:30 --batch-size 32 --options fastest   # one GPU
+    python benchmarks/animate_fps.py --runs full:2 --options fastest --batch-size 1 --malloc tuned    # as tavce animate
 
 Each run (``config:seconds``) is one `pipeline.animate.animate` call in a fresh child process, so its peak resident
 memory (``ru_maxrss`` of that process) is its own; the ffmpeg encoder's CPU time (``RUSAGE_CHILDREN`` of the child)
@@ -26,8 +27,8 @@ PoseVAE, `generate_motion`), MappingNet (per-chunk `map_motion` + the source's),
 
 Inputs: the astronaut portrait of tests/mediagen.py and espeak-ng speech (sentences concatenated, then looped to the
 wanted length). Real-time factor = audio seconds / wall seconds of the animate call (>= 1 is real time).
-`--options` renders through a prepared inference copy (`InferenceOptions.fastest(device)`: fold + fuse_spade + bf16
-where the CPU supports it; on CUDA fp16 + channels-last + CUDA graphs), passed to animate as ``tavce animate --fast``
+`--options` renders through a prepared inference copy (`InferenceOptions.fastest(device)`: the exact switches +
+channels-last, bf16 where the CPU supports it; on CUDA fp16 + CUDA graphs), passed to animate as ``tavce animate --fast``
 does (the copy is prepared once per call, inside the timed call; CUDA graphs are captured inside it too).
 `--device cuda` runs animate on the GPU (the renderer, MappingNet and the TAVC relation; Audio2Coeff stays where
 `animate` puts it) and adds the peak allocated GPU memory. `--portrait-cache DIR` keeps the portrait stage's result
@@ -60,6 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_PARAMS = ROOT / "configs/params.full.yaml"
@@ -317,7 +320,7 @@ def run_child(config: str, seconds: float, work: Path, args: argparse.Namespace)
     cmd = [sys.executable, __file__, "--child", config, "--image", str(work / "portrait.png"), "--audio", str(audio),
            "--out", str(work / f"{config}_{seconds:g}s.mp4"), "--models", str(args.models), "--options", args.options,
            "--chunk-seconds", str(args.chunk_seconds), "--batch-size", str(args.batch_size), "--device", args.device,
-           "--encoder-threads", str(args.encoder_threads)]
+           "--encoder-threads", str(args.encoder_threads), "--malloc", args.malloc]
     if args.portrait_cache:
         args.portrait_cache.mkdir(parents=True, exist_ok=True)
         cmd += ["--portrait-cache", str(args.portrait_cache / f"portrait_{config}.pkl")]
@@ -363,6 +366,9 @@ def main() -> None:
                    help="find the portrait once per config and keep it in DIR (for machines without mediapipe)")
     p.add_argument("--speech", type=Path, default=None,
                    help="folder of speech_<s>s.wav inputs: used when there, else made with espeak-ng and kept there")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                   help="tuned: pipeline.allocator.keep_freed_memory() in each run's process, as `tavce animate` "
+                        "does (default: %(default)s, glibc's malloc as it comes)")
     p.add_argument("--child", choices=("small", "full"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
@@ -371,9 +377,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
+        if args.malloc == "tuned" and not keep_freed_memory():
+            raise SystemExit("--malloc tuned: not available here (needs Linux with glibc, TAVCE_MALLOC unset)")
         r = measure(args.child, args.image, args.audio, args.out, models=args.models, basis=args.basis,
                     options=args.options, chunk_seconds=args.chunk_seconds, batch_size=args.batch_size,
                     device=args.device, portrait_cache=args.portrait_cache, encoder_threads=args.encoder_threads)
+        r.notes.append(f"malloc: {args.malloc}")
         print(json.dumps(asdict(r)))
         return
     runs = args.runs or list(QUICK_RUNS if args.quick else DEFAULT_RUNS)

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tests must not log to the developer's MLflow database by accident.
 os.environ.setdefault("TAVCE_NO_TRACKING", "1")
+# `tavce animate` tunes malloc for its process (pipeline/allocator.py); the CLI tests call it inside pytest's process,
+# which should keep glibc's default for every other test. The allocator is tested in subprocesses.
+os.environ.setdefault("TAVCE_MALLOC", "default")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -275,7 +275,8 @@ def test_keep_freed_memory_is_opt_out_and_idempotent():
             "a = keep_freed_memory(); b = keep_freed_memory(); "
             "import torch; x = torch.ones(64 * 2**20 // 4); del x; print(a, b, malloc_tuned())")
     root = Path(__file__).resolve().parents[1]
+    base = {k: v for k, v in os.environ.items() if k != "TAVCE_MALLOC"}  # conftest sets it for this process
     for env, expected in (({}, "True True True"), ({"TAVCE_MALLOC": "default"}, "False False False")):
-        out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, **env}, capture_output=True,
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**base, **env}, capture_output=True,
                              text=True, check=True).stdout.split()
         assert " ".join(out) == (expected if sys.platform.startswith("linux") else "False False False")

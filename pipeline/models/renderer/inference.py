@@ -111,10 +111,11 @@ class InferenceOptions:
         """The measured-best combination without compilation for `device` (benchmarks/render_fps.py; decisions.md,
         issue 16). CPU: fold, fuse_spade, pointwise_occlusion and channels-last (NHWC is oneDNN's native layout:
         its convolutions run 5-20 % faster once the norms, pooling and sub-pixel writes stay in NHWC too), in bf16
-        where the CPU has AVX-512 BF16. CUDA: fold, fuse_spade, fp16, channels-last and CUDA graphs."""
+        where the CPU has AVX-512 BF16. CUDA: the same exact switches with fp16, channels-last and CUDA graphs."""
         device = torch.device(device)
         if device.type == "cuda":
-            return cls(fold=True, fuse_spade=True, channels_last=True, precision="fp16", cuda_graphs=True)
+            return cls(fold=True, fuse_spade=True, pointwise_occlusion=True, channels_last=True, precision="fp16",
+                       cuda_graphs=True)
         bf16 = torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()
         return cls(fold=True, fuse_spade=True, pointwise_occlusion=True, channels_last=True,
                    precision="bf16" if bf16 else "fp32")
