@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paste the animated face back into the whole photo (feathered), as SadTalker's --preprocess full")
     a.add_argument("--gif", action="store_true", help="also write a small GIF preview next to --out")
     a.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: %(default)s)")
-    a.add_argument("--batch-size", type=int, default=8, help="frames per renderer pass (default: %(default)s)")
+    a.add_argument("--batch-size", type=int, default=None,
+                   help="frames per renderer pass (default: 1 on a CPU at 256 px and above, where batching is "
+                        "slower, else 8)")
     a.add_argument("--chunk-seconds", type=float, default=4.0,
                    help="audio seconds rendered at a time; bounds memory for long audio (default: %(default)s)")
     a.add_argument("--crop-scale", type=float, default=None,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline import media
-from pipeline.animate import AnimateError, animate, find_portrait, load_models, read_image
+from pipeline.animate import AnimateError, animate, default_batch_size, find_portrait, load_models, read_image
 from pipeline.bundle import BundleError, read_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import to_dict
@@ -221,3 +221,10 @@ def test_cli_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         cli.main(["animate", "--help"])
     assert "tavce animate --image portrait.jpg --audio speech.wav --out talk.mp4" in capsys.readouterr().out
+
+
+def test_default_batch_size_is_one_only_for_large_renders_on_a_cpu():
+    # issue 16: at 256 px on a CPU batching frames was slower than one at a time; small renders and GPUs batch
+    assert default_batch_size("cpu", 256) == 1 and default_batch_size("cpu", 512) == 1
+    assert default_batch_size("cpu", 64) == 8 and default_batch_size("cpu", 128) == 8
+    assert default_batch_size("cuda", 256) == 8

@@ -592,4 +592,5 @@ def frame_psnr(frames: np.ndarray, reference: np.ndarray) -> float:
 
 
 __all__ = ["AvgPoolHW", "FusedSPADEResnetBlock", "InferenceOptions", "InferenceRenderer", "PointwiseShiftConv2d",
-           "UpsampledConv2d", "apply_spectral_norm", "fold_batchnorm", "fold_renderer", "frame_psnr", "fuse_spade", "prepare_renderer"]
+           "UpsampledConv2d", "apply_spectral_norm", "fold_batchnorm", "fold_renderer", "frame_psnr", "fuse_spade",
+           "prepare_renderer"]
