@@ -5,7 +5,8 @@ configurations, on random inputs — the figure a GPU user needs to size a full-
     python benchmarks/train_step.py --device cuda --configs small full --json reports/train_step_cuda.json
 
 For each config it builds the `pretrain_renderer` trainer (renderer + discriminator + perceptual loss, with the
-discriminator active) and the `train_tavc` model exactly as the stages do (sections read strictly from the params
+discriminator active), the `train` stage's trainer (the same loop on the renderer driven by MappingNet, with CERL and
+the CAR loss, as pipeline.train.tavce.renderer_config makes it) and the `train_tavc` model exactly as the stages do (sections read strictly from the params
 file; random initialisation, the perceptual loss's configured fallback when no VGG weights are set), feeds random
 batches of the configured batch size and image size, and times `steps` steps after `warmup` steps. A step is the
 stage's own code path (`RendererTrainer.train_step`; TAVC forward + TAVCE Eq. 3/4 loss + Adam step), data loading
@@ -35,6 +36,7 @@ from pipeline.models.tavc import TAVC, TAVCConfig  # noqa: E402
 from pipeline.models.visual_encoder import ROI_SIZE  # noqa: E402
 from pipeline.train.renderer import RendererTrainer, TrainRendererConfig  # noqa: E402
 from pipeline.train.tavc import TrainTAVCConfig  # noqa: E402
+from pipeline.train.tavce import TrainTAVCEConfig, renderer_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"small": ROOT / "params.yaml", "full": ROOT / "configs/params.full.yaml"}
@@ -60,11 +62,13 @@ def _timed(step, device: torch.device, warmup: int, steps: int) -> tuple[float, 
     return seconds, peak
 
 
-def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, steps: int) -> dict:
+def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, steps: int,
+                 loop: str = "pretrain_renderer") -> dict:
     cfg = dataclasses.replace(cfg, gan_start=0)
     torch.manual_seed(0)
+    needs_tavc = cfg.model.cerl.enabled or cfg.loss_weights.car > 0  # CERL's c^a, CAR's encoders
     tavc = TAVC(TAVCConfig(embed_dim=cfg.model.cerl.relation_dim, audio_width=1.0)).eval().requires_grad_(False) \
-        if cfg.model.cerl.enabled else None
+        if needs_tavc else None
     trainer = RendererTrainer(cfg, 0, tavc, None, device)
     b, s = cfg.batch_size, cfg.model.image_size
     g = torch.Generator().manual_seed(0)
@@ -73,11 +77,14 @@ def renderer_row(cfg: TrainRendererConfig, device: torch.device, warmup: int, st
              "mel": torch.randn(b, 2, 1, N_MELS, MEL_WINDOW_FRAMES, generator=g).to(device),
              "pose": (10.0 * torch.randn(b, 2, 3, generator=g)).to(device),  # degrees, for pose_teacher=coefficients
              "landmarks": (torch.rand(b, 2, 68, 2, generator=g) * (s - 1)).to(device)}  # px: keypoint anchors, flow
+    if cfg.loss_weights.car > 0:  # CAR: the real frame d-1 and its landmarks
+        batch["previous"] = torch.rand(b, 3, s, s, generator=g).to(device)
+        batch["landmarks_previous"] = (torch.rand(b, 68, 2, generator=g) * (s - 1)).to(device)
     if cfg.model.motion_source == "coefficients":  # MappingNet's coefficient windows of source and driving
         batch["coeffs"] = (0.1 * torch.randn(b, 2, cfg.model.mapping.coeff_dim, cfg.model.mapping.window,
                                              generator=g)).to(device)
     seconds, peak = _timed(lambda k: trainer.train_step(batch, k), device, warmup, steps)
-    return {"loop": "pretrain_renderer", "batch": b, "image": s, "params_M": count_parameters(trainer.renderer) / 1e6,
+    return {"loop": loop, "batch": b, "image": s, "params_M": count_parameters(trainer.renderer) / 1e6,
             "s_per_step": seconds, "samples_per_s": b / seconds, "peak_gpu_MB": peak,
             "perceptual": trainer.perceptual.extractor_name}
 
@@ -121,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         params = yaml.safe_load(PARAMS[config].read_text())
         r_cfg = from_dict(TrainRendererConfig, params["pretrain_renderer"], "pretrain_renderer")
         t_cfg = from_dict(TrainTAVCConfig, params["train_tavc"], "train_tavc")
+        # The `train` stage (TAVCE's audio-driven stage) runs the same loop on the pretrained renderer's model with
+        # MappingNet, CERL and CAR (pipeline.train.tavce.renderer_config): its step is what sizes issue 12's run.
+        a_cfg = renderer_config(from_dict(TrainTAVCEConfig, params["train"], "train"), r_cfg.model,
+                                r_cfg.keypoint_landmarks)
         for row in (renderer_row(r_cfg, device, args.warmup, args.steps),
+                    renderer_row(a_cfg, device, args.warmup, args.steps, loop="train (MappingNet + CERL + CAR)"),
                     tavc_row(t_cfg, device, args.warmup, args.steps)):
             rows.append({"config": config, **row})
     print("| config | loop | batch | input px | params (M) | s / step | samples / s | peak GPU (MB) |")
