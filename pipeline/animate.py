@@ -435,6 +435,7 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
     m = models if isinstance(models, AnimateModels) else load_models(models, device="cpu",
                                                                      expression_basis=expression_basis)
     renderer = m.renderer.to(dev)  # once: render() keeps a model where it finds it
+    m.audio2coeff.to(dev)  # generate_motion runs where the model is (PoseVAE's latents are drawn on the CPU, seeded)
     if batch_size is None:
         batch_size = default_batch_size(dev, renderer.cfg.image_size)
     fast = prepare_renderer(renderer, options, dev) if options is not None else None  # one copy for every chunk
