@@ -244,9 +244,10 @@ def test_train_step_benchmark_runs_the_stage_code_paths(tmp_path, capsys):
 
     assert main(["--configs", "small", "--warmup", "0", "--steps", "1", "--json", str(tmp_path / "t.json")]) == 0
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert [r["loop"] for r in rows] == ["pretrain_renderer", "train_tavc"]
+    assert [r["loop"] for r in rows] == ["pretrain_renderer", "train (MappingNet + CERL + CAR)", "train_tavc"]
     assert all(r["s_per_step"] > 0 and r["peak_gpu_MB"] is None for r in rows)
-    assert "| small | pretrain_renderer |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| small | pretrain_renderer |" in out and "| small | train (MappingNet + CERL + CAR) |" in out
 
 
 def test_joint_estimator_normalises_source_and_driving_together():
