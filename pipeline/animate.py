@@ -417,8 +417,8 @@ def animate(image: str | os.PathLike[str], audio: str | os.PathLike[str], out: s
         crop_scale: face crop framing; None = the bundle's recorded preprocess.crop_scale, else 1.8 (the default).
         expression_basis: override the expression basis file (folder models only).
         progress: a tqdm bar over frames with the time left.
-        options: renderer inference switches (issue 16; e.g. ``InferenceOptions.fastest(device)``: folded
-            normalisation, fused SPADE, bf16 where the CPU has it); one inference copy is prepared for the whole call.
+        options: renderer inference switches (issue 16; e.g. ``InferenceOptions.fastest(device)``: the exact
+            rewrites and channels-last, bf16 where the CPU has it); one inference copy is prepared for the whole call.
             None = the trained model's own fp32 arithmetic.
         encoder_threads: x264 threads; 0 = ffmpeg's choice by the CPU count (x264's threaded output is the same on
             every run with the same count), 1 = byte-identical files on any machine. With one thread x264 was half
@@ -490,6 +490,5 @@ def read_frames_of(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 __all__ = ["AnimateError", "AnimateModels", "AnimateResult", "animate", "default_batch_size", "find_portrait",
-           "load_models",
-           "model_files", "read_image", "read_speech", "speech_motion", "paste_back", "feather_mask",
+           "load_models", "model_files", "read_image", "read_speech", "speech_motion", "paste_back", "feather_mask",
            "MIN_AUDIO_SECONDS"]

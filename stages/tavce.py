@@ -207,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="face crop side / face box side (default: the bundle's preprocess.crop_scale, else 1.8, "
                         "params.yaml's preprocess default)")
     a.add_argument("--fast", action="store_true",
-                   help="render with the measured-fastest inference switches for the device (folded normalisation, "
-                        "fused SPADE convolutions, bf16 + channels-last on CPUs with AVX-512 BF16, fp16 + "
-                        "channels-last + CUDA graphs on GPUs; "
-                        "README: renderer speed); frames differ slightly from the default fp32 path")
+                   help="render with the measured-fastest inference switches for the device (exact rewrites: folded "
+                        "normalisation, fused SPADE and occlusion convolutions, channels-last; then bf16 on CPUs with "
+                        "AVX-512 BF16, fp16 + CUDA graphs on GPUs; README: renderer speed); frames differ slightly "
+                        "from the default fp32 path")
     a.add_argument("--encoder-threads", type=int, default=0,
                    help="x264 threads (default 0: ffmpeg picks by the CPU count; 1: the same bytes on any machine)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")

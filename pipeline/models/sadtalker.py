@@ -36,11 +36,11 @@ import torch
 from pipeline.faces import bfm as bfm_mod
 from pipeline.faces import deep3d as deep3d_mod
 from pipeline.models.audio2coeff import Audio2Coeff, Audio2CoeffConfig, load_sadtalker_weights
-from pipeline.models import sadtalker_files
 from pipeline.models.renderer.cerl import CERLConfig
 from pipeline.models.renderer.mapping import MappingConfig
 from pipeline.models.renderer.renderer import Renderer, RendererConfig, load_sadtalker_renderer
-from pipeline.models.sadtalker_files import FV2V_FILE, MAPPING_FILES, PART_FILES, checkpoint_folder, combined_file
+from pipeline.models.sadtalker_files import (FV2V_FILE, MAPPING_FILES, PART_FILES, audio2coeff_source,
+                                             checkpoint_folder, combined_file, mapping_source, renderer_source)
 
 BFM_SUBFOLDER = "BFM_Fitting"
 SIZES = (256, 512)  # SadTalker's released renderer resolutions
@@ -106,18 +106,18 @@ def resolve_release(path: str | os.PathLike[str], size: int = 256) -> SadTalkerR
     combined = path if path.is_file() else folder / combined_file(size)
     missing: list[str] = []
 
-    audio2coeff = sadtalker_files.audio2coeff_source(folder, combined, size)
+    audio2coeff = audio2coeff_source(folder, combined, size)
     if audio2coeff is None:
         audio2coeff = folder
         missing.append(f"ExpNet + PoseVAE: {combined.name}"
                        + (f", or {' + '.join(PART_FILES.values())}" if size == 256 else ""))
 
-    renderer = sadtalker_files.renderer_source(folder, combined, size)
+    renderer = renderer_source(folder, combined, size)
     if renderer is None:
         renderer = combined
         missing.append(f"renderer: {combined.name}" + (f", or {FV2V_FILE}" if size == 256 else ""))
 
-    mapping, mapping_dim = (sadtalker_files.mapping_source(folder)
+    mapping, mapping_dim = (mapping_source(folder)
                             or (folder / next(iter(MAPPING_FILES)), 70))
     if not mapping.is_file():
         missing.append(f"MappingNet: {' or '.join(MAPPING_FILES)}")

@@ -290,7 +290,7 @@ def sadtalker_renderer_files(folder: str | os.PathLike[str], coeff_dim: int | No
     it). MappingNet: the first of `SADTALKER_MAPPING_FILES` present whose input size is `coeff_dim` (any when None).
     Raises `WeightsError` naming the files looked for."""
     root = sadtalker_files.checkpoint_folder(folder)
-    renderer = sadtalker_files.renderer_source(root, root / SADTALKER_RENDERER_FILES[1])
+    renderer = sadtalker_files.renderer_source(root, root / sadtalker_files.combined_file(256))
     if renderer is None:
         raise WeightsError(f"{folder}: no SadTalker renderer weights (looked for "
                            f"{' or '.join(str(root / f) for f in SADTALKER_RENDERER_FILES)})")
